@@ -1,0 +1,6 @@
+"""Losses of the dual-mode model: sp-KD / mse distillation (paper Eq. 10-12) and RNN-T."""
+
+from espnet2_dualmode.losses.distillation import mse_distill_loss, sp_kd_loss
+from espnet2_dualmode.losses.transducer import resolve_rnnt_backend, rnnt_loss
+
+__all__ = ["sp_kd_loss", "mse_distill_loss", "rnnt_loss", "resolve_rnnt_backend"]

@@ -1,0 +1,200 @@
+"""RNN-T loss with a choice of backend (torchaudio on any device, warp-rnnt on CUDA).
+
+ESPnet 202511's ``espnet2/asr`` transducer path needs ``warprnnt_pytorch``, which is not
+installable here; :func:`rnnt_loss` instead wraps
+
+* ``torchaudio.functional.rnnt_loss`` (CPU and CUDA; takes logits and applies a fused
+  log-softmax; float32 only), and
+* ``warp_rnnt.rnnt_loss`` (optional ``warp-rnnt`` package, CUDA only; takes
+  log-probabilities; used with ``gather=True`` so its gradient buffer is (B, T, U+1, 2)
+  instead of (B, T, U+1, V)).
+
+Both give the per-utterance negative log-likelihood -log P(y | x). Reduction
+``"mean"`` is the ESPnet convention used by its CTC, attention and transducer losses
+(sum over the batch divided by the batch size B, not by the number of tokens or
+frames); the dual-mode model should use ``reduction="mean"`` so that its RNN-T terms
+are on the same scale as its CTC/attention/MLM terms.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Optional
+
+import torch
+import torchaudio.functional
+
+BACKENDS = ("auto", "torchaudio", "warp_rnnt")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+@functools.lru_cache(maxsize=1)
+def _warp_rnnt() -> Optional[ModuleType]:
+    """The ``warp_rnnt`` module, or None where it is not installed or does not load."""
+    try:
+        import warp_rnnt
+    except (ImportError, OSError):
+        return None
+    return warp_rnnt
+
+
+def resolve_rnnt_backend(backend: str, device: torch.device) -> str:
+    """Name the backend that :func:`rnnt_loss` will use for tensors on ``device``.
+
+    ``"auto"`` picks warp-rnnt when it is installed and ``device`` is CUDA, else
+    torchaudio. An explicit ``"warp_rnnt"`` that cannot run raises instead of
+    silently falling back.
+
+    Args:
+        backend: one of ``"auto"``, ``"torchaudio"``, ``"warp_rnnt"``.
+        device: device of the joint-network logits.
+
+    Returns:
+        ``"torchaudio"`` or ``"warp_rnnt"``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown RNN-T loss backend {backend!r}; choose one of {BACKENDS}")
+    on_cuda = torch.device(device).type == "cuda"
+    if backend == "auto":
+        return "warp_rnnt" if on_cuda and _warp_rnnt() is not None else "torchaudio"
+    if backend == "warp_rnnt":
+        if _warp_rnnt() is None:
+            raise RuntimeError(
+                "RNN-T backend 'warp_rnnt' requested but the warp-rnnt package is not "
+                "installed (pip install warp-rnnt; it builds only where a CUDA GPU is visible)"
+            )
+        if not on_cuda:
+            raise RuntimeError(
+                f"RNN-T backend 'warp_rnnt' runs on CUDA only, but the logits are on {device}; "
+                "use backend='torchaudio' or 'auto'"
+            )
+    return backend
+
+
+def _validate(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    logit_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    blank: int,
+) -> tuple[list[int], list[int]]:
+    """Check shapes, lengths and label ids; return the lengths as Python lists."""
+    if logits.dim() != 4:
+        raise ValueError(f"logits must have shape (B, T, U+1, V), got {tuple(logits.shape)}")
+    batch, max_t, max_u1, vocab = logits.shape
+    if batch == 0:
+        raise ValueError("rnnt_loss needs a non-empty batch")
+    if targets.dim() != 2 or targets.size(0) != batch:
+        raise ValueError(f"targets must have shape ({batch}, U), got {tuple(targets.shape)}")
+    for name, x in (
+        ("targets", targets),
+        ("logit_lengths", logit_lengths),
+        ("target_lengths", target_lengths),
+    ):
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor, got {x.dtype}")
+    for name, x in (("logit_lengths", logit_lengths), ("target_lengths", target_lengths)):
+        if tuple(x.shape) != (batch,):
+            raise ValueError(f"{name} must have shape ({batch},), got {tuple(x.shape)}")
+    if not 0 <= blank < vocab:
+        raise ValueError(f"blank id {blank} is outside the vocabulary [0, {vocab})")
+
+    t_lens = logit_lengths.tolist()
+    u_lens = target_lengths.tolist()
+    u_cap = min(targets.size(1), max_u1 - 1)
+    for b, (t_len, u_len) in enumerate(zip(t_lens, u_lens)):
+        if not 1 <= t_len <= max_t:
+            raise ValueError(
+                f"batch index {b}: logit length {t_len} is outside [1, {max_t}] "
+                f"(logits have {max_t} frames)"
+            )
+        if not 0 <= u_len <= u_cap:
+            raise ValueError(
+                f"batch index {b}: target length {u_len} is outside [0, {u_cap}] "
+                f"(targets {tuple(targets.shape)}, logits U+1 = {max_u1})"
+            )
+
+    positions = torch.arange(targets.size(1), device=targets.device)
+    valid = positions.unsqueeze(0) < target_lengths.to(targets.device).unsqueeze(1)
+    bad = valid & ((targets == blank) | (targets < 0) | (targets >= vocab))
+    if bool(bad.any()):
+        b, u = (int(i) for i in bad.nonzero()[0])
+        label = int(targets[b, u])
+        what = "the blank id" if label == blank else f"outside [0, {vocab})"
+        raise ValueError(f"batch index {b}: target {u} has label {label}, which is {what}")
+    return t_lens, u_lens
+
+
+def rnnt_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    logit_lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    blank: int = 0,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """RNN-T negative log-likelihood from joint-network logits.
+
+    Padding beyond the lengths is allowed in every input: logits are cut to the
+    longest utterance/target of the batch (both backends require that), and padded
+    target positions may hold any value (e.g. ESPnet's -1). Lengths are read on the
+    host, which synchronises a CUDA stream once per call.
+
+    Args:
+        logits: joint-network output before log-softmax (B, T, U+1, V); computed in
+            float32 whatever the input dtype.
+        targets: label ids (B, U), padded beyond ``target_lengths``; valid labels must
+            be in [0, V) and differ from ``blank``.
+        logit_lengths: encoder frames per utterance (B,), each in [1, T].
+        target_lengths: labels per utterance (B,), each at most U and at most the
+            logits' third dimension minus one.
+        blank: blank id.
+        reduction: ``"mean"`` (sum over the batch / B, ESPnet's convention and what the
+            model should use), ``"sum"``, or ``"none"`` (per-utterance losses (B,)).
+        backend: ``"auto"``, ``"torchaudio"`` or ``"warp_rnnt"`` (see
+            :func:`resolve_rnnt_backend`).
+
+    Returns:
+        float32 loss: a scalar, or (B,) for ``reduction="none"``.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    chosen = resolve_rnnt_backend(backend, logits.device)
+    t_lens, u_lens = _validate(logits, targets, logit_lengths, target_lengths, blank)
+
+    max_t, max_u = max(t_lens), max(u_lens)
+    device = logits.device
+    logits = logits[:, :max_t, : max_u + 1].float().contiguous()
+    targets = targets[:, :max_u].to(device)
+    lengths_u = target_lengths.to(device=device, dtype=torch.int32)
+    valid = torch.arange(max_u, device=device).unsqueeze(0) < lengths_u.unsqueeze(1)
+    # Padded positions become blank: warp-rnnt's gather indexes with every entry.
+    targets = torch.where(valid, targets, blank).to(torch.int32).contiguous()
+    lengths_t = logit_lengths.to(device=device, dtype=torch.int32)
+
+    if chosen == "warp_rnnt":
+        costs = _warp_rnnt().rnnt_loss(
+            torch.log_softmax(logits, dim=-1),
+            targets,
+            lengths_t,
+            lengths_u,
+            reduction="none",
+            blank=blank,
+            gather=True,
+        )
+    else:
+        costs = torchaudio.functional.rnnt_loss(
+            logits,
+            targets,
+            lengths_t,
+            lengths_u,
+            blank=blank,
+            reduction="none",
+        )
+
+    if reduction == "none":
+        return costs
+    total = costs.sum()
+    return total / len(t_lens) if reduction == "mean" else total

@@ -1,0 +1,396 @@
+"""The dual-mode ASR model: streaming and full-context recognition in one network.
+
+Paper equations (../shared/papers/joint_streaming_nonstreaming_multidecoder_kd.md), each
+computed in one named place:
+
+- Eq. (2)-(3) cascade: ``H_st = stream_encoder(X)``, ``H_te = full_encoder(H_st)`` -> :meth:`encode_layers`
+- Eq. (4)  L_onl, streaming RNN-T                     -> :meth:`_rnnt_loss` on H_st
+- Eq. (5)  L_ctc, Eq. (6) L_rnnt, Eq. (7) L_att, Eq. (8) L_mlm on H_te -> ``_*_loss`` methods
+- Eq. (9)  L_off = sum of the weighted offline losses -> :meth:`forward`
+- Eq. (10)-(12) sp-KD -> :func:`espnet2_dualmode.losses.sp_kd_loss` (sp-ED, sp-DD; mse-ED baseline)
+- Eq. (13) L = lambda_onl L_onl + lambda_off L_off + lambda_dist L_dist -> :meth:`forward`
+
+The paper's baselines are configurations of the same class: standalone Context-T
+(streaming encoder + streaming RNN-T only), standalone Conformer-T (full-context encoder
+reading features + offline RNN-T only) and cascaded encoders with one shared RNN-T
+decoder (``shared_rnnt: true``, Narayanan et al.).
+
+Losses follow ESPnet's convention: per-utterance sums averaged over the batch.
+Symbols: B batch, T input frames, T' encoder frames, U tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import editdistance
+import torch
+from espnet.nets.pytorch_backend.maskctc.add_mask_token import mask_uniform
+from espnet.nets.pytorch_backend.nets_utils import th_accuracy
+from espnet.nets.pytorch_backend.transformer.add_sos_eos import add_sos_eos
+from espnet.nets.pytorch_backend.transformer.label_smoothing_loss import LabelSmoothingLoss
+from espnet2.asr.ctc import CTC
+from espnet2.asr.decoder.abs_decoder import AbsDecoder
+from espnet2.asr.decoder.transducer_decoder import TransducerDecoder
+from espnet2.asr.frontend.abs_frontend import AbsFrontend
+from espnet2.asr.specaug.abs_specaug import AbsSpecAug
+from espnet2.asr_transducer.joint_network import JointNetwork
+from espnet2.layers.abs_normalize import AbsNormalize
+from espnet2.torch_utils.device_funcs import force_gatherable
+from espnet2.train.abs_espnet_model import AbsESPnetModel
+
+from espnet2_dualmode.encoders.contextual_block_conformer import ContextualBlockConformerEncoder
+from espnet2_dualmode.encoders.full_context_conformer import FullContextConformerEncoder
+from espnet2_dualmode.losses import mse_distill_loss, rnnt_loss, sp_kd_loss
+
+
+class EncoderOutputs(NamedTuple):
+    """Both encoders' outputs; a path absent from the configuration is None."""
+
+    stream: Optional[torch.Tensor]  # (B, T', D) H_st
+    stream_layers: List[torch.Tensor]
+    full: Optional[torch.Tensor]  # (B, T', D) H_te
+    full_layers: List[torch.Tensor]
+    lengths: torch.Tensor  # (B,)
+
+
+class DualModeASRModel(AbsESPnetModel):
+    """Cascaded streaming / full-context encoders with separate decoders and sp-KD.
+
+    Args:
+        vocab_size: V, including ``<blank>`` (id 0) and ``<sos/eos>`` (id V-1).
+        token_list: the V tokens.
+        frontend, specaug, normalize: ESPnet feature pipeline (any may be None).
+        stream_encoder: contextual-block Conformer (None: no streaming path).
+        full_encoder: full-context Conformer (None: no full-context path).
+        stream_decoder, stream_joint: streaming RNN-T prediction and joint networks.
+        rnnt_decoder, rnnt_joint: offline RNN-T (None with ``shared_rnnt``).
+        ctc, att_decoder, mlm_decoder: the other offline heads (None: absent).
+        online_weight: lambda_onl of Eq. (13).
+        offline_weight: lambda_off of Eq. (13).
+        ctc_weight, rnnt_weight, att_weight, mlm_weight: Eq. (9) weights.
+        distill_weight: lambda_dist of Eq. (13).
+        encoder_distill: "sp" (sp-ED), "mse" (mse-ED) or None.
+        encoder_distill_layers: (teacher layer, student layer) pairs, indices into the
+            full-context and streaming encoder layers (negative from the end); the set
+            zeta of Eq. (12).
+        decoder_distill: "sp" (sp-DD: attention decoder states -> streaming RNN-T
+            prediction-net states) or None.
+        detach_teacher: no gradient flows into the teacher through L_dist.
+        shared_rnnt: one RNN-T decoder for both encoders (cascaded-encoders baseline);
+            the offline RNN-T loss then uses ``stream_decoder``/``stream_joint``.
+        lsm_weight: label smoothing for the attention and MLM decoders.
+        rnnt_backend: "auto", "torchaudio" or "warp_rnnt" (see losses.transducer).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        token_list: Sequence[str],
+        frontend: Optional[AbsFrontend],
+        specaug: Optional[AbsSpecAug],
+        normalize: Optional[AbsNormalize],
+        stream_encoder: Optional[ContextualBlockConformerEncoder],
+        full_encoder: Optional[FullContextConformerEncoder],
+        stream_decoder: Optional[TransducerDecoder],
+        stream_joint: Optional[JointNetwork],
+        rnnt_decoder: Optional[TransducerDecoder],
+        rnnt_joint: Optional[JointNetwork],
+        ctc: Optional[CTC],
+        att_decoder: Optional[AbsDecoder],
+        mlm_decoder: Optional[AbsDecoder],
+        online_weight: float = 1.0,
+        offline_weight: float = 1.0,
+        ctc_weight: float = 0.15,
+        rnnt_weight: float = 0.10,
+        att_weight: float = 0.30,
+        mlm_weight: float = 0.45,
+        distill_weight: float = 3000.0,
+        encoder_distill: Optional[str] = None,
+        encoder_distill_layers: Sequence[Sequence[int]] = ((-1, -1),),
+        decoder_distill: Optional[str] = None,
+        detach_teacher: bool = True,
+        shared_rnnt: bool = False,
+        lsm_weight: float = 0.1,
+        rnnt_backend: str = "auto",
+        ignore_id: int = -1,
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.token_list = list(token_list)
+        self.blank_id = 0
+        self.sos = self.eos = vocab_size - 1
+        self.mask_token = vocab_size  # the MLM decoder's extra output
+        self.ignore_id = ignore_id
+        self.frontend, self.specaug, self.normalize = frontend, specaug, normalize
+        self.stream_encoder, self.full_encoder = stream_encoder, full_encoder
+        self.stream_decoder, self.stream_joint = stream_decoder, stream_joint
+        self.rnnt_decoder, self.rnnt_joint = rnnt_decoder, rnnt_joint
+        self.ctc, self.att_decoder, self.mlm_decoder = ctc, att_decoder, mlm_decoder
+        self.online_weight, self.offline_weight = online_weight, offline_weight
+        self.offline_weights = {"ctc": ctc_weight, "rnnt": rnnt_weight,
+                                "att": att_weight, "mlm": mlm_weight}
+        self.distill_weight = distill_weight
+        self.encoder_distill = encoder_distill
+        self.encoder_distill_layers = [tuple(p) for p in encoder_distill_layers]
+        self.decoder_distill = decoder_distill
+        self.detach_teacher = detach_teacher
+        self.shared_rnnt = shared_rnnt
+        self.rnnt_backend = rnnt_backend
+        self.criterion_att = LabelSmoothingLoss(vocab_size, ignore_id, lsm_weight)
+        self.criterion_mlm = LabelSmoothingLoss(vocab_size + 1, ignore_id, lsm_weight)
+        self._check_configuration()
+
+    # ----- configuration -------------------------------------------------------------
+    def _check_configuration(self) -> None:
+        """Every weighted loss needs its modules and every module needs a weight."""
+        errors = []
+        if self.stream_encoder is None and self.full_encoder is None:
+            errors.append("neither stream_encoder nor full_encoder is configured")
+        if self.online_weight > 0 and (self.stream_encoder is None or self.stream_decoder is None):
+            errors.append("online_weight > 0 needs stream_encoder and the streaming RNN-T")
+        offline_heads = {"ctc": self.ctc, "att": self.att_decoder, "mlm": self.mlm_decoder,
+                         "rnnt": self.stream_decoder if self.shared_rnnt else self.rnnt_decoder}
+        for name, head in offline_heads.items():
+            weight = self.offline_weights[name] * self.offline_weight
+            if weight > 0 and (head is None or self.full_encoder is None):
+                errors.append(f"{name}_weight > 0 needs full_encoder and the {name} head")
+            if weight == 0 and head is not None and not (name == "rnnt" and self.shared_rnnt):
+                errors.append(f"the {name} head is configured but its weight is 0")
+        if self.shared_rnnt and self.rnnt_decoder is not None:
+            errors.append("shared_rnnt uses the streaming RNN-T for both paths; "
+                          "do not configure rnnt_decoder")
+        if self.encoder_distill not in (None, "sp", "mse"):
+            errors.append(f"encoder_distill must be sp, mse or null, not {self.encoder_distill!r}")
+        if self.decoder_distill not in (None, "sp"):
+            errors.append(f"decoder_distill must be sp or null, not {self.decoder_distill!r}")
+        if self.encoder_distill and (self.stream_encoder is None or self.full_encoder is None):
+            errors.append("encoder distillation needs both encoders")
+        if self.decoder_distill and (self.att_decoder is None or self.stream_decoder is None):
+            errors.append("decoder distillation needs att_decoder and the streaming RNN-T")
+        if (self.encoder_distill or self.decoder_distill) and self.distill_weight <= 0:
+            errors.append("distillation is enabled but distill_weight <= 0")
+        if errors:
+            raise ValueError("invalid DualModeASRModel configuration: " + "; ".join(errors))
+
+    # ----- features and encoders -----------------------------------------------------
+    def _extract_feats(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        speech = speech[:, : speech_lengths.max()]
+        if self.frontend is not None:
+            return self.frontend(speech, speech_lengths)
+        return speech, speech_lengths
+
+    def collect_feats(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs
+    ) -> Dict[str, torch.Tensor]:
+        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+        return {"feats": feats, "feats_lengths": feats_lengths}
+
+    def _features(self, speech: torch.Tensor, speech_lengths: torch.Tensor
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+        feats, lengths = self._extract_feats(speech, speech_lengths)
+        if self.specaug is not None and self.training:
+            feats, lengths = self.specaug(feats, lengths)
+        if self.normalize is not None:
+            feats, lengths = self.normalize(feats, lengths)
+        return feats, lengths
+
+    def encode_layers(self, speech: torch.Tensor, speech_lengths: torch.Tensor) -> EncoderOutputs:
+        """Eq. (2)-(3): H_st = STConEncoder(X), H_te = NSTConEncoder(H_st), with all layers."""
+        feats, lengths = self._features(speech, speech_lengths)
+        stream, stream_layers = None, []
+        if self.stream_encoder is not None:
+            stream, lengths, stream_layers = self.stream_encoder.forward_layers(feats, lengths)
+            feats = stream
+        full, full_layers = None, []
+        if self.full_encoder is not None:
+            full, lengths, full_layers = self.full_encoder.forward_layers(feats, lengths)
+        return EncoderOutputs(stream, stream_layers, full, full_layers, lengths)
+
+    def encode(self, speech: torch.Tensor, speech_lengths: torch.Tensor
+               ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
+        """Returns (streaming_out H_st, full_context_out H_te, out_lengths)."""
+        out = self.encode_layers(speech, speech_lengths)
+        return out.stream, out.full, out.lengths
+
+    # ----- training ------------------------------------------------------------------
+    def forward(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        **kwargs,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        """Eq. (13). Returns (loss, stats, batch size) as ESPnet's Trainer expects."""
+        batch_size = speech.size(0)
+        text = text[:, : text_lengths.max()]
+        self._check_tokens(text, text_lengths)
+        enc = self.encode_layers(speech, speech_lengths)
+        stats: Dict[str, Optional[torch.Tensor]] = {}
+        loss = speech.new_zeros(())
+
+        # Eq. (4): streaming RNN-T.
+        dec_states_stream = None
+        if self.online_weight > 0:
+            loss_onl, dec_states_stream = self._rnnt_loss(
+                self.stream_decoder, self.stream_joint, enc.stream, enc.lengths, text, text_lengths)
+            loss = loss + self.online_weight * loss_onl
+            stats["loss_onl"] = loss_onl.detach()
+
+        # Eq. (5)-(9): offline heads on H_te.
+        if enc.full is not None and self.offline_weight > 0:
+            loss_off = speech.new_zeros(())
+            att_hidden = None
+            if self.ctc is not None:
+                loss_ctc = self.ctc(enc.full, enc.lengths, text, text_lengths)
+                loss_off = loss_off + self.offline_weights["ctc"] * loss_ctc
+                stats["loss_ctc"] = loss_ctc.detach()
+            if self.offline_weights["rnnt"] > 0:
+                decoder = self.stream_decoder if self.shared_rnnt else self.rnnt_decoder
+                joint = self.stream_joint if self.shared_rnnt else self.rnnt_joint
+                loss_rnnt, _ = self._rnnt_loss(decoder, joint, enc.full, enc.lengths, text, text_lengths)
+                loss_off = loss_off + self.offline_weights["rnnt"] * loss_rnnt
+                stats["loss_rnnt"] = loss_rnnt.detach()
+            if self.att_decoder is not None:
+                loss_att, acc_att, att_hidden = self._att_loss(enc.full, enc.lengths, text, text_lengths)
+                loss_off = loss_off + self.offline_weights["att"] * loss_att
+                stats["loss_att"], stats["acc_att"] = loss_att.detach(), acc_att
+            if self.mlm_decoder is not None:
+                loss_mlm, acc_mlm = self._mlm_loss(enc.full, enc.lengths, text, text_lengths)
+                loss_off = loss_off + self.offline_weights["mlm"] * loss_mlm
+                stats["loss_mlm"], stats["acc_mlm"] = loss_mlm.detach(), acc_mlm
+            loss = loss + self.offline_weight * loss_off
+            stats["loss_off"] = loss_off.detach()
+
+        # Eq. (12): distillation, teacher = full-context side, student = streaming side.
+        if self.encoder_distill or self.decoder_distill:
+            loss_dist = speech.new_zeros(())
+            if self.encoder_distill:
+                loss_ed = self._encoder_distill_loss(enc)
+                loss_dist = loss_dist + loss_ed
+                stats[f"loss_{self.encoder_distill}_ed"] = loss_ed.detach()
+            if self.decoder_distill:
+                if dec_states_stream is None:
+                    _, dec_states_stream = self._rnnt_loss(
+                        self.stream_decoder, self.stream_joint, enc.stream, enc.lengths,
+                        text, text_lengths, loss=False)
+                loss_dd = self._decoder_distill_loss(att_hidden, dec_states_stream, text_lengths)
+                loss_dist = loss_dist + loss_dd
+                stats["loss_sp_dd"] = loss_dd.detach()
+            loss = loss + self.distill_weight * loss_dist
+            stats["loss_dist"] = loss_dist.detach()
+
+        if not self.training:
+            stats.update(self._error_rates(enc, text, text_lengths))
+        stats["loss"] = loss.detach()
+        loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
+        return loss, stats, weight
+
+    def _check_tokens(self, text: torch.Tensor, text_lengths: torch.Tensor) -> None:
+        valid = torch.arange(text.size(1), device=text.device) < text_lengths.unsqueeze(1)
+        bad = valid & ((text < 0) | (text >= self.vocab_size))
+        if bad.any():
+            rows = sorted(set(bad.nonzero()[:, 0].tolist()))
+            raise ValueError(f"token ids outside the vocabulary [0, {self.vocab_size}) at batch "
+                             f"index {rows}: {[text[r][bad[r]].tolist() for r in rows]}")
+
+    def _rnnt_loss(
+        self,
+        decoder: TransducerDecoder,
+        joint: JointNetwork,
+        enc_out: torch.Tensor,
+        enc_lens: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        loss: bool = True,
+    ) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        """Eq. (4)/(6): RNN-T NLL averaged over the batch; also the prediction-net states.
+
+        Returns (loss or None, prediction-net outputs (B, U+1, H) for [blank] + y).
+        """
+        decoder.set_device(enc_out.device)
+        valid = torch.arange(text.size(1), device=text.device) < text_lengths.unsqueeze(1)
+        targets = text.masked_fill(~valid, self.blank_id)
+        dec_in = torch.nn.functional.pad(targets, (1, 0), value=self.blank_id)
+        dec_out = decoder(dec_in)
+        if not loss:
+            return None, dec_out
+        logits = joint(enc_out.unsqueeze(2), dec_out.unsqueeze(1))  # (B, T', U+1, V)
+        value = rnnt_loss(logits, targets.int(), enc_lens.int(), text_lengths.int(),
+                          blank=self.blank_id, reduction="mean", backend=self.rnnt_backend)
+        return value, dec_out
+
+    def _att_loss(
+        self, enc_out: torch.Tensor, enc_lens: torch.Tensor, text: torch.Tensor,
+        text_lengths: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eq. (7): attention decoder NLL; also its final hidden states (B, U+1, D)."""
+        ys_in, ys_out = add_sos_eos(text, self.sos, self.eos, self.ignore_id)
+        (logits, hidden), _ = self.att_decoder(enc_out, enc_lens, ys_in, text_lengths + 1,
+                                               return_hs=True)
+        value = self.criterion_att(logits, ys_out)
+        acc = th_accuracy(logits.view(-1, self.vocab_size), ys_out, ignore_label=self.ignore_id)
+        return value, torch.tensor(acc), hidden
+
+    def _mlm_loss(
+        self, enc_out: torch.Tensor, enc_lens: torch.Tensor, text: torch.Tensor,
+        text_lengths: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Eq. (8): predict uniformly sampled masked tokens from the others (Mask-CTC)."""
+        ys_in, ys_out = mask_uniform(text, self.mask_token, self.eos, self.ignore_id)
+        logits, _ = self.mlm_decoder(enc_out, enc_lens, ys_in, text_lengths)
+        value = self.criterion_mlm(logits, ys_out)
+        acc = th_accuracy(logits.view(-1, self.vocab_size + 1), ys_out, ignore_label=self.ignore_id)
+        return value, torch.tensor(acc)
+
+    def _teacher(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach() if self.detach_teacher else x
+
+    def _encoder_distill_loss(self, enc: EncoderOutputs) -> torch.Tensor:
+        """Eq. (12) summed over the configured (teacher, student) layer pairs (sp-ED/mse-ED)."""
+        mask = torch.arange(enc.full.size(1), device=enc.full.device) < enc.lengths.unsqueeze(1)
+        fn = sp_kd_loss if self.encoder_distill == "sp" else mse_distill_loss
+        total = enc.full.new_zeros(())
+        for teacher_layer, student_layer in self.encoder_distill_layers:
+            total = total + fn(self._teacher(enc.full_layers[teacher_layer]),
+                               enc.stream_layers[student_layer], mask)
+        return total
+
+    def _decoder_distill_loss(self, att_hidden: torch.Tensor, pred_states: torch.Tensor,
+                              text_lengths: torch.Tensor) -> torch.Tensor:
+        """sp-DD: attention decoder states (teacher) -> streaming prediction net (student)."""
+        mask = torch.arange(pred_states.size(1), device=pred_states.device) < (text_lengths + 1).unsqueeze(1)
+        return sp_kd_loss(self._teacher(att_hidden), pred_states, mask)
+
+    # ----- validation error rates ----------------------------------------------------
+    @torch.no_grad()
+    def _error_rates(self, enc: EncoderOutputs, text: torch.Tensor,
+                     text_lengths: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Token error rates of each head's greedy output (validation only)."""
+        from espnet2_dualmode.decoding.transducer_search import greedy_search
+
+        refs = [t[:n].tolist() for t, n in zip(text, text_lengths)]
+        hyps: Dict[str, List[List[int]]] = {}
+        if self.online_weight > 0:
+            hyps["onl"] = [h.tokens for h in greedy_search(
+                self.stream_decoder, self.stream_joint, enc.stream, enc.lengths)]
+        if enc.full is not None and self.offline_weight > 0:
+            if self.offline_weights["rnnt"] > 0:
+                decoder = self.stream_decoder if self.shared_rnnt else self.rnnt_decoder
+                joint = self.stream_joint if self.shared_rnnt else self.rnnt_joint
+                hyps["rnnt"] = [h.tokens for h in greedy_search(decoder, joint, enc.full, enc.lengths)]
+            if self.ctc is not None:
+                best = self.ctc.argmax(enc.full)
+                hyps["ctc"] = [
+                    [int(tok) for j, tok in enumerate(seq[:n]) if tok != self.blank_id
+                     and (j == 0 or tok != seq[j - 1])]
+                    for seq, n in zip(best.tolist(), enc.lengths.tolist())
+                ]
+        n_ref = max(1, sum(len(r) for r in refs))
+        return {f"cer_{name}": torch.tensor(sum(editdistance.eval(h, r) for h, r in zip(hs, refs)) / n_ref)
+                for name, hs in hyps.items()}
+
+

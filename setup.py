@@ -1,0 +1,32 @@
+"""espnet2-dualmode: joint streaming / full-context ASR as an ESPnet2 plugin."""
+
+from setuptools import find_packages, setup
+
+# The stack that installs together on Python 3.11 (see README "Install"): espnet 202511
+# is the newest release for 3.11 and needs torch < 2.12 (setuptools < 74).
+install_requires = [
+    "torch==2.11.0",
+    "torchaudio==2.11.0",
+    "espnet==202511",
+    "sentencepiece",
+    "kaldiio",
+    "pyyaml",
+    "tqdm",
+    "matplotlib",
+    "pyopenjtalk-plus",
+]
+
+setup(
+    name="espnet2-dualmode",
+    version="0.1.0",
+    description="One ESPnet2 ASR model for streaming and full-context recognition "
+    "(contextual-block Conformer cascade, multi-decoder, similarity-preserving KD)",
+    packages=find_packages(include=["espnet2_dualmode", "espnet2_dualmode.*"]),
+    python_requires=">=3.11,<3.12",
+    install_requires=install_requires,
+    extras_require={
+        "test": ["pytest"],
+        # warp-rnnt builds only where a CUDA GPU is visible at install time.
+        "cuda": ["warp-rnnt==0.7.0"],
+    },
+)
