@@ -13,6 +13,9 @@ install_requires = [
     "pyyaml",
     "tqdm",
     "matplotlib",
+    "numpy",
+    "soundfile",
+    "tensorboard",
     "pyopenjtalk-plus",
 ]
 

@@ -1,0 +1,184 @@
+"""The dual-mode model and task: every config builds, every variant learns, gradients flow
+where the paper says and nowhere else, and bad input is named."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from espnet2_dualmode.tasks.dualmode_asr import CheckedCollateFn, DualModeASRTask
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(ROOT.glob("conf/*/*.yaml"))
+DEBUG = {p.stem: p for p in CONFIGS if p.parent.name == "debug"}
+TOKENS = ["<blank>", "<unk>"] + list("abcdefgh") + ["<sos/eos>"]
+
+# The loss terms each variant must report (its config's enabled heads and distillation).
+EXPECTED_STATS = {
+    "st1_context_t": {"loss", "loss_onl"},
+    "nst1_conformer_t": {"loss", "loss_off", "loss_rnnt"},
+    "cascaded_shared_rnnt": {"loss", "loss_onl", "loss_off", "loss_rnnt"},
+    "joint": {"loss", "loss_onl", "loss_off", "loss_ctc", "loss_rnnt", "loss_att", "loss_mlm",
+              "acc_att", "acc_mlm"},
+}
+EXPECTED_STATS["joint_sp_dd"] = EXPECTED_STATS["joint"] | {"loss_dist", "loss_sp_dd"}
+EXPECTED_STATS["joint_sp_ed"] = EXPECTED_STATS["joint"] | {"loss_dist", "loss_sp_ed"}
+EXPECTED_STATS["joint_mse_ed"] = EXPECTED_STATS["joint"] | {"loss_dist", "loss_mse_ed"}
+
+
+@pytest.fixture(scope="module")
+def token_list(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tok") / "tokens.txt"
+    path.write_text("\n".join(TOKENS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def stats_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("stats") / "feats_stats.npz"
+    np.savez(path, count=np.array(100.0), sum=np.zeros(80), sum_square=np.full(80, 100.0))
+    return path
+
+
+def build(config: Path, token_list: Path, stats_file: Path = None, **model_conf):
+    argv = ["--config", str(config), "--token_list", str(token_list)]
+    if stats_file is not None:
+        argv += ["--normalize_conf", f"stats_file={stats_file}"]
+    args = DualModeASRTask.get_parser().parse_args(argv)
+    args.model_conf.update(model_conf)
+    torch.manual_seed(0)
+    return DualModeASRTask.build_model(args)
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    speech = torch.randn(3, 12000, generator=g)
+    lengths = torch.tensor([12000, 8000, 3000])
+    text = torch.tensor([[2, 3, 4, 5, 6], [7, 8, 9, -1, -1], [4, 2, -1, -1, -1]])
+    return speech, lengths, text, torch.tensor([5, 3, 2])
+
+
+def test_every_config_is_tested():
+    assert set(DEBUG) == set(EXPECTED_STATS)
+    assert {p.stem for p in CONFIGS if p.parent.name == "paper"} == set(DEBUG)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_yaml_builds(config, token_list, stats_file):
+    model = build(config, token_list, stats_file if config.parent.name == "paper" else None)
+    name = config.stem
+    assert (model.stream_encoder is None) == (name == "nst1_conformer_t")
+    assert (model.full_encoder is None) == (name == "st1_context_t")
+    if config.parent.name == "paper" and model.stream_encoder is not None:
+        enc = model.stream_encoder
+        assert (enc.block_size, enc.hop_size, enc.look_ahead, len(enc.encoders)) == (40, 16, 16, 12)
+        assert model.stream_joint.lin_enc.out_features == 320
+        assert model.stream_decoder.dunits == 256
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_STATS))
+def test_each_variant_learns_and_reports_its_losses(name, token_list):
+    model = build(DEBUG[name], token_list)
+    speech, lengths, text, text_lengths = batch()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        torch.manual_seed(1)  # same MLM masks every step: a fixed objective
+        np.random.seed(1)
+        loss, stats, _ = model(speech, lengths, text, text_lengths)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        assert set(stats) == EXPECTED_STATS[name]
+    assert losses[-1] < 0.7 * losses[0], losses
+    model.eval()
+    with torch.no_grad():
+        _, stats, _ = model(speech, lengths, text, text_lengths)
+    cers = {k for k in stats if k.startswith("cer_")}
+    expected_cer = {"cer_onl"} if "loss_onl" in EXPECTED_STATS[name] else set()
+    expected_cer |= {"cer_rnnt"} if "loss_rnnt" in EXPECTED_STATS[name] else set()
+    expected_cer |= {"cer_ctc"} if "loss_ctc" in EXPECTED_STATS[name] else set()
+    assert cers == expected_cer
+
+
+def grads(module) -> float:
+    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+
+def test_offline_losses_reach_the_streaming_encoder(token_list):
+    model = build(DEBUG["joint"], token_list, online_weight=0.0)
+    loss, _, _ = model(*batch())
+    loss.backward()
+    assert grads(model.stream_encoder) > 0
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_sp_ed_gradient_goes_to_student_and_teacher_only_without_detach(token_list, detach):
+    model = build(DEBUG["joint_sp_ed"], token_list, detach_teacher=detach)
+    speech, lengths, _, _ = batch()
+    enc = model.encode_layers(speech, lengths)
+    # Only the distillation term: the teacher's grads can come only through L_dist.
+    model._encoder_distill_loss(enc).backward()
+    assert grads(model.stream_encoder) > 0
+    assert (grads(model.full_encoder) > 0) == (not detach)
+
+
+def test_sp_dd_gradient_goes_to_the_streaming_prediction_net_only(token_list):
+    model = build(DEBUG["joint_sp_dd"], token_list)
+    speech, lengths, text, text_lengths = batch()
+    enc = model.encode_layers(speech, lengths)
+    _, _, hidden = model._att_loss(enc.full, enc.lengths, text, text_lengths)
+    _, pred = model._rnnt_loss(model.stream_decoder, model.stream_joint, enc.stream, enc.lengths,
+                               text, text_lengths, loss=False)
+    model._decoder_distill_loss(hidden, pred, text_lengths).backward()
+    assert grads(model.stream_decoder) > 0
+    assert grads(model.att_decoder) == 0
+
+
+def test_encode_returns_both_paths(token_list):
+    model = build(DEBUG["joint"], token_list).eval()
+    speech, lengths, _, _ = batch()
+    with torch.no_grad():
+        stream, full, out_lens = model.encode(speech, lengths)
+    assert stream.shape == full.shape and stream.shape[0] == 3
+    assert out_lens.tolist() == [int(n) for n in out_lens]  # lengths per utterance
+    assert int(out_lens.max()) == stream.shape[1]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(ctc_weight=0.0), "ctc head is configured but its weight is 0"),
+    (dict(encoder_distill="kl"), "encoder_distill must be sp, mse or null"),
+    (dict(distill_weight=0.0, encoder_distill="sp"), "distill_weight <= 0"),
+])
+def test_inconsistent_configuration_is_rejected(token_list, change, message):
+    with pytest.raises(ValueError, match=message):
+        build(DEBUG["joint"], token_list, **change)
+
+
+def test_token_outside_vocabulary_is_an_error(token_list):
+    model = build(DEBUG["st1_context_t"], token_list)
+    speech, lengths, text, text_lengths = batch()
+    text[1, 0] = len(TOKENS)
+    with pytest.raises(ValueError, match=r"outside the vocabulary .* batch index \[1\]"):
+        model(speech, lengths, text, text_lengths)
+
+
+def test_collate_names_broken_utterances_and_counts_skips():
+    collate = CheckedCollateFn(vocab_size=11, feat_dim=None, min_speech_samples=960)
+    good = ("utt_good", {"speech": np.zeros(4000, np.float32), "text": np.array([2, 3])})
+    with pytest.raises(ValueError, match="utt_bad: token ids \\[11\\] outside the vocabulary"):
+        collate([good, ("utt_bad", {"speech": np.zeros(4000, np.float32), "text": np.array([2, 11])})])
+    ids, out = collate([
+        good,
+        ("utt_empty", {"speech": np.zeros(4000, np.float32), "text": np.array([], dtype=np.int64)}),
+        ("utt_short", {"speech": np.zeros(500, np.float32), "text": np.array([2])}),
+    ])
+    assert ids == ["utt_good"] and out["speech"].shape == (1, 4000)
+    assert collate.skipped == {"empty transcript": 1, "too short": 1}
+    with pytest.raises(ValueError, match="every utterance of the batch"):
+        collate([("utt_short", {"speech": np.zeros(10, np.float32), "text": np.array([2])})])
+    feats = CheckedCollateFn(vocab_size=11, feat_dim=80, min_speech_samples=7)
+    with pytest.raises(ValueError, match="utt_f: feature dimension 40, but the model reads 80"):
+        feats([("utt_f", {"speech": np.zeros((50, 40), np.float32), "text": np.array([2])})])
