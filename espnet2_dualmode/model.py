@@ -199,7 +199,10 @@ class DualModeASRModel(AbsESPnetModel):
 
     def encode_layers(self, speech: torch.Tensor, speech_lengths: torch.Tensor) -> EncoderOutputs:
         """Eq. (2)-(3): H_st = STConEncoder(X), H_te = NSTConEncoder(H_st), with all layers."""
-        feats, lengths = self._features(speech, speech_lengths)
+        return self.encode_features(*self._features(speech, speech_lengths))
+
+    def encode_features(self, feats: torch.Tensor, lengths: torch.Tensor) -> EncoderOutputs:
+        """The encoders on already extracted (and normalised) features (B, T, F)."""
         stream, stream_layers = None, []
         if self.stream_encoder is not None:
             stream, lengths, stream_layers = self.stream_encoder.forward_layers(feats, lengths)

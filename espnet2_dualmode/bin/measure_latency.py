@@ -1,0 +1,118 @@
+"""Streaming latency on one CPU thread: RTF, algorithmic latency, emission delay P50/P90.
+
+Usage (one model, or several to make a table like the paper's Table 3):
+    python -m espnet2_dualmode.bin.measure_latency \
+        --asr_train_config exp/b40/config.yaml --asr_model_file exp/b40/valid.loss.ave.pth \
+        [--asr_train_config exp/b20/config.yaml --asr_model_file exp/b20/valid.loss.ave.pth] \
+        --data_path_and_name_and_type dump/raw/test/wav.scp,speech,sound \
+        --output_dir exp/latency [--chunk_length 640] [--max_utts 100]
+
+Writes <output_dir>/latency.json (one object per model: rtf, algorithmic_latency_ms,
+emission_delay_p50_ms, emission_delay_p90_ms, ...) and latency.md (the table). See
+espnet2_dualmode.inference.latency for the definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from espnet2_dualmode.inference.cli import MIN_FEATURE_FRAMES
+from espnet2_dualmode.inference.datadir import DecodeList, Failures
+from espnet2_dualmode.inference.latency import (
+    SUBSAMPLING,
+    reference_end_times,
+    timed_recognition,
+)
+from espnet2_dualmode.inference.streaming import Speech2TextStreaming
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--asr_train_config", action="append", required=True)
+    p.add_argument("--asr_model_file", action="append", required=True)
+    p.add_argument("--data_path_and_name_and_type", required=True, help="wav.scp,speech,sound")
+    p.add_argument("--output_dir", required=True, type=Path)
+    p.add_argument("--chunk_length", type=int, default=640, help="samples per real-time chunk")
+    p.add_argument("--beam_size", type=int, default=10)
+    p.add_argument("--max_utts", type=int, default=0, help="0: every utterance")
+    p.add_argument("--log_level", default="INFO")
+    return p
+
+
+def measure_model(config: str, model_file: str, data: DecodeList, chunk: int, beam: int,
+                  max_utts: int) -> Dict[str, float]:
+    """Timing of one model over the list; delays of all tokens pooled."""
+    s2t = Speech2TextStreaming(config, model_file, beam_size=beam)
+    enc = s2t.model.stream_encoder
+    frame_ms = 1000.0 * SUBSAMPLING * s2t.features.hop / s2t.sample_rate
+    failures = Failures()
+    keys = data.keys[:max_utts] if max_utts else data.keys
+    delays: List[float] = []
+    audio = compute = 0.0
+    n_min = (MIN_FEATURE_FRAMES - 1) * s2t.features.hop + 1
+    for key in keys:
+        try:
+            wav = data.load(key, s2t.sample_rate, n_min)
+            timing = timed_recognition(s2t, wav, chunk)
+            ends = reference_end_times(s2t, wav, timing.token_ids)
+        except Exception as e:
+            failures.add(key, str(e))
+            continue
+        audio += timing.duration
+        compute += timing.compute
+        delays += [1000.0 * (emit - end) for emit, end in zip(timing.emission_times, ends)]
+    if not audio:
+        raise RuntimeError(f"no utterance of {data.path} could be measured: {failures.items[:3]}")
+    return {
+        "model": model_file,
+        "block_size": enc.block_size, "hop_size": enc.hop_size, "look_ahead": enc.look_ahead,
+        "block_ms": enc.block_size * frame_ms,
+        "algorithmic_latency_ms": (enc.block_size + enc.look_ahead) * frame_ms,
+        "rtf": compute / audio,
+        "emission_delay_p50_ms": float(np.percentile(delays, 50)) if delays else float("nan"),
+        "emission_delay_p90_ms": float(np.percentile(delays, 90)) if delays else float("nan"),
+        "utterances": len(keys) - len(failures.items), "failed": len(failures.items),
+        "tokens": len(delays),
+    }
+
+
+def table(rows: List[Dict[str, float]]) -> str:
+    lines = ["|block|block (ms)|algorithmic latency (ms)|RTF|emission delay P50 (ms)|P90 (ms)|utts|",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"|{r['block_size']}|{r['block_ms']:.0f}|{r['algorithmic_latency_ms']:.0f}|"
+                     f"{r['rtf']:.3f}|{r['emission_delay_p50_ms']:.0f}|"
+                     f"{r['emission_delay_p90_ms']:.0f}|{r['utterances']}|")
+    return "\n".join(lines)
+
+
+def main(cmd: Optional[List[str]] = None) -> None:
+    args = get_parser().parse_args(cmd)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s: %(message)s")
+    if len(args.asr_train_config) != len(args.asr_model_file):
+        raise SystemExit("give one --asr_model_file per --asr_train_config")
+    torch.set_num_threads(1)  # the paper measures on one CPU thread
+    data = DecodeList.from_triple(args.data_path_and_name_and_type)
+    rows = [measure_model(c, m, data, args.chunk_length, args.beam_size, args.max_utts)
+            for c, m in zip(args.asr_train_config, args.asr_model_file)]
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "latency.json").write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=1))
+    (args.output_dir / "latency.md").write_text(table(rows) + "\n")
+    for r in rows:
+        print(f"RTF {r['rtf']:.3f}  emission delay P50 {r['emission_delay_p50_ms']:.0f} ms  "
+              f"P90 {r['emission_delay_p90_ms']:.0f} ms  (block {r['block_size']}, "
+              f"algorithmic latency {r['algorithmic_latency_ms']:.0f} ms)")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Recognition with a trained dual-mode model: offline (every head) and streaming."""

@@ -1,0 +1,63 @@
+"""Loading a trained model and turning token ids back into text."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import yaml
+from espnet2.text.build_tokenizer import build_tokenizer
+from espnet2.text.token_id_converter import TokenIDConverter
+
+from espnet2_dualmode.model import DualModeASRModel
+from espnet2_dualmode.tasks.dualmode_asr import DualModeASRTask
+
+
+@dataclass
+class Result:
+    """One recognition hypothesis, ready to be written in ESPnet's 1best_recog layout."""
+
+    text: str
+    tokens: List[str]
+    token_ids: List[int]
+    score: float
+    timestamps: Optional[List[int]] = field(default=None)  # encoder frame of each token
+
+
+def load_model(asr_train_config: str | Path, asr_model_file: Optional[str | Path],
+               device: str = "cpu") -> Tuple[DualModeASRModel, argparse.Namespace]:
+    """Build the model from its training config.yaml and load its weights strictly.
+
+    ESPnet's ``build_model_from_file`` loads with ``strict=False``, so a checkpoint that
+    does not fit the config would silently leave layers random; here it is an error.
+    """
+    with open(asr_train_config, encoding="utf-8") as f:
+        args = argparse.Namespace(**yaml.safe_load(f))
+    model = DualModeASRTask.build_model(args)
+    if asr_model_file is not None:
+        state = torch.load(asr_model_file, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise RuntimeError(f"{asr_model_file} does not fit {asr_train_config}: {e}") from e
+    return model.to(device).eval(), args
+
+
+class TokenText:
+    """Token ids -> tokens -> text with the training run's tokenizer (char or BPE)."""
+
+    def __init__(self, train_args: argparse.Namespace):
+        self.converter = TokenIDConverter(token_list=train_args.token_list)
+        token_type = getattr(train_args, "token_type", "char")
+        bpemodel = getattr(train_args, "bpemodel", None)
+        self.tokenizer = build_tokenizer(token_type=token_type, bpemodel=bpemodel)
+
+    def result(self, token_ids: Sequence[int], score: float,
+               timestamps: Optional[Sequence[int]] = None) -> Result:
+        ids = [int(i) for i in token_ids]
+        tokens = self.converter.ids2tokens(ids)
+        return Result(self.tokenizer.tokens2text(tokens), tokens, ids, float(score),
+                      None if timestamps is None else [int(t) for t in timestamps])

@@ -1,0 +1,189 @@
+"""Full-context recognition with any head of the dual-mode model (and the streaming
+RNN-T head run on a whole utterance).
+
+Heads: ``rnnt`` (offline RNN-T, time-synchronous beam search), ``ctc`` (greedy at beam 1,
+prefix beam search otherwise), ``attention`` (joint CTC/attention beam search),
+``maskctc`` (Mask-CTC iterative decoding), ``joint`` (4D-style: the n-best of one head
+rescored with the weighted log-likelihoods of the others) and ``streaming_rnnt`` (the
+streaming encoder + streaming RNN-T on the whole utterance, identical to
+:class:`espnet2_dualmode.inference.streaming.Speech2TextStreaming`'s final result).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from espnet2_dualmode.decoding import (
+    AttentionBeamSearch,
+    Hypothesis,
+    MaskCTCSearch,
+    TransducerSearch,
+    attention_sequence_scores,
+    ctc_greedy,
+    ctc_prefix_beam_search,
+    ctc_sequence_scores,
+    mlm_sequence_scores,
+    rescore,
+    transducer_sequence_scores,
+)
+from espnet2_dualmode.inference.model_io import Result, TokenText, load_model
+
+HEADS = ("rnnt", "ctc", "attention", "maskctc", "joint", "streaming_rnnt")
+DEFAULT_JOINT_WEIGHTS = {"rnnt": 1.0, "ctc": 0.3, "attention": 0.3, "mlm": 0.0}
+
+
+class Speech2Text:
+    """Decode waveforms with one head of a trained dual-mode model.
+
+    Args:
+        asr_train_config, asr_model_file: the training run's config.yaml and weights.
+        decode_head: one of :data:`HEADS`.
+        beam_size: beam of every search (1 = greedy).
+        nbest: hypotheses returned per utterance.
+        max_sym_per_frame: RNN-T symbols per encoder frame.
+        ctc_weight: CTC prefix-score weight of the attention search.
+        maskctc_n_iterations, maskctc_threshold_probability: Mask-CTC decoding.
+        joint_nbest_head: head whose n-best ``joint`` rescores (rnnt, ctc or attention).
+        joint_weights: per head (rnnt, ctc, attention, mlm) weight of its log-likelihood.
+        device: torch device.
+    """
+
+    def __init__(
+        self,
+        asr_train_config: str | Path,
+        asr_model_file: Optional[str | Path],
+        decode_head: str = "rnnt",
+        beam_size: int = 10,
+        nbest: int = 1,
+        max_sym_per_frame: int = 2,
+        ctc_weight: float = 0.3,
+        maskctc_n_iterations: int = 10,
+        maskctc_threshold_probability: float = 0.99,
+        joint_nbest_head: str = "rnnt",
+        joint_weights: Optional[Mapping[str, float]] = None,
+        device: str = "cpu",
+    ):
+        if decode_head not in HEADS:
+            raise ValueError(f"decode_head must be one of {HEADS}, not {decode_head!r}")
+        self.model, self.train_args = load_model(asr_train_config, asr_model_file, device)
+        self.decode_head = decode_head
+        self.beam_size, self.nbest = beam_size, nbest
+        self.text = TokenText(self.train_args)
+        self.sample_rate = int((self.train_args.frontend_conf or {}).get("fs", 16000))
+        m = self.model
+        offline_rnnt = (m.stream_decoder, m.stream_joint) if m.shared_rnnt else (m.rnnt_decoder, m.rnnt_joint)
+        needs = {"rnnt": [offline_rnnt[0], m.full_encoder], "ctc": [m.ctc],
+                 "attention": [m.att_decoder], "maskctc": [m.ctc, m.mlm_decoder],
+                 "streaming_rnnt": [m.stream_encoder, m.stream_decoder], "joint": [m.full_encoder]}
+        if any(part is None for part in needs[decode_head]):
+            raise ValueError(f"{asr_train_config}: this model has no {decode_head} head")
+        self.joint_weights = dict(DEFAULT_JOINT_WEIGHTS if joint_weights is None else joint_weights)
+        self.joint_nbest_head = joint_nbest_head
+        if decode_head == "joint":
+            self._check_joint(offline_rnnt)
+        search_head = joint_nbest_head if decode_head == "joint" else decode_head
+        search_nbest = beam_size if decode_head == "joint" else nbest
+        self.search = None
+        if search_head in ("rnnt", "streaming_rnnt"):
+            dec, joint = (m.stream_decoder, m.stream_joint) if search_head == "streaming_rnnt" else offline_rnnt
+            self.search = TransducerSearch(dec, joint, beam_size, max_sym_per_frame,
+                                           nbest=search_nbest)
+        elif search_head == "attention":
+            self.search = AttentionBeamSearch(
+                m.att_decoder, m.ctc if ctc_weight > 0 else None, m.vocab_size, m.sos, m.eos,
+                beam_size=beam_size, ctc_weight=ctc_weight, nbest=search_nbest)
+        elif search_head == "maskctc":
+            self.search = MaskCTCSearch(m.ctc, m.mlm_decoder, maskctc_n_iterations,
+                                        maskctc_threshold_probability)
+        self.offline_rnnt = offline_rnnt
+
+    def _check_joint(self, offline_rnnt) -> None:
+        m = self.model
+        available = {"rnnt": offline_rnnt[0], "ctc": m.ctc, "attention": m.att_decoder,
+                     "mlm": m.mlm_decoder}
+        unknown = set(self.joint_weights) - set(available)
+        if unknown:
+            raise ValueError(f"joint_weights has unknown heads {sorted(unknown)}; use {sorted(available)}")
+        missing = [h for h, w in self.joint_weights.items() if w and available[h] is None]
+        if missing or available.get(self.joint_nbest_head) is None:
+            raise ValueError(f"joint decoding needs the heads {missing or [self.joint_nbest_head]}, "
+                             "which this model does not have")
+
+    # ----- features --------------------------------------------------------------------
+    def features(self, speech: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel features of each waveform, extracted one utterance at a time.
+
+        ESPnet's batched STFT reflects the end of a short utterance into the zero padding
+        of the batch, so its last frames would depend on its batch-mates.
+        """
+        m = self.model
+        feats, lens = [], []
+        for wav in speech:
+            wav = torch.as_tensor(wav, dtype=torch.float32).unsqueeze(0)
+            n = torch.tensor([wav.size(1)])
+            f, fl = m.frontend(wav, n) if m.frontend is not None else (wav, n)
+            feats.append(f[0, : fl[0]])
+            lens.append(int(fl[0]))
+        padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+        lengths = torch.tensor(lens)
+        if m.normalize is not None:
+            padded, lengths = m.normalize(padded, lengths)
+        return padded, lengths
+
+    # ----- decoding ----------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, speech: Sequence[np.ndarray | torch.Tensor]) -> List[List[Result]]:
+        """Decode a batch of waveforms; returns the n-best results of each."""
+        device = next(self.model.parameters()).device
+        feats, lens = self.features(speech)
+        enc = self.model.encode_features(feats.to(device), lens.to(device))
+        hyps = self._decode(enc)
+        return [[self.text.result(h.tokens, h.score, h.timestamps) for h in nb] for nb in hyps]
+
+    def _decode(self, enc) -> List[List[Hypothesis]]:
+        head, m = self.decode_head, self.model
+        if head == "streaming_rnnt":
+            return self.search(enc.stream, enc.lengths)
+        if head == "rnnt":
+            return self.search(enc.full, enc.lengths)
+        if head == "ctc":
+            log_probs = m.ctc.log_softmax(enc.full)
+            if self.beam_size == 1:
+                return [[h] for h in ctc_greedy(log_probs, enc.lengths, m.blank_id)]
+            return [ctc_prefix_beam_search(lp[:n], self.beam_size, m.blank_id, self.nbest)
+                    for lp, n in zip(log_probs, enc.lengths.tolist())]
+        if head == "attention":
+            return self.search(enc.full, enc.lengths)
+        if head == "maskctc":
+            return [[h] for h in self.search(enc.full, enc.lengths)]
+        return self._joint(enc)
+
+    def _joint(self, enc) -> List[List[Hypothesis]]:
+        """4D-style joint decoding: rescore one head's n-best with every weighted head."""
+        m = self.model
+        if self.joint_nbest_head == "ctc":
+            log_probs = m.ctc.log_softmax(enc.full)
+            nbests = [ctc_prefix_beam_search(lp[:n], self.beam_size, m.blank_id, self.beam_size)
+                      for lp, n in zip(log_probs, enc.lengths.tolist())]
+        else:
+            nbests = self.search(enc.full, enc.lengths)
+        results = []
+        for i, nbest in enumerate(nbests):
+            h = enc.full[i, : enc.lengths[i]]
+            cands = [hyp.tokens for hyp in nbest]
+            scores: Dict[str, torch.Tensor] = {}
+            w = self.joint_weights
+            if w.get("rnnt"):
+                scores["rnnt"] = transducer_sequence_scores(*self.offline_rnnt, h, cands)
+            if w.get("ctc"):
+                scores["ctc"] = ctc_sequence_scores(m.ctc, h, cands, m.blank_id)
+            if w.get("attention"):
+                scores["attention"] = attention_sequence_scores(m.att_decoder, h, cands, m.sos, m.eos)
+            if w.get("mlm"):
+                scores["mlm"] = mlm_sequence_scores(m.mlm_decoder, h, cands, m.mask_token)
+            results.append(rescore(cands, scores, w)[: self.nbest])
+        return results
