@@ -12,7 +12,7 @@ Shapes: B batch, T frames, D model dim, N = B x number of blocks.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from espnet.nets.pytorch_backend.conformer.convolution import ConvolutionModule
@@ -23,7 +23,28 @@ from espnet.nets.pytorch_backend.transformer.attention import (
 from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (
     PositionwiseFeedForward,
 )
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from torch import nn
+
+
+class LayerOutputsEncoder(AbsEncoder):
+    """An ESPnet encoder whose per-layer outputs are available for distillation."""
+
+    def forward(
+        self,
+        xs_pad: torch.Tensor,
+        ilens: torch.Tensor,
+        prev_states: torch.Tensor = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor, None]:
+        """Encode a padded batch. Returns (ys (B, T', D), olens (B,), None)."""
+        ys, olens, _ = self.forward_layers(xs_pad, ilens)
+        return ys, olens, None
+
+    def forward_layers(
+        self, xs_pad: torch.Tensor, ilens: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
+        """Encode a padded batch, also returning every layer's output (B, T', D)."""
+        raise NotImplementedError
 
 
 def subsampled_lengths(ilens: torch.Tensor) -> torch.Tensor:

@@ -26,11 +26,11 @@ import torch
 from espnet.nets.pytorch_backend.transformer.subsampling_without_posenc import (
     Conv2dSubsamplingWOPosEnc,
 )
-from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from torch import nn
 
 from espnet2_dualmode.encoders.conformer_layer import (
     ConformerLayer,
+    LayerOutputsEncoder,
     sinusoid,
     subsampled_lengths,
 )
@@ -64,7 +64,7 @@ class BlockStreamState:
     finished: bool = field(default=False)
 
 
-class ContextualBlockConformerEncoder(AbsEncoder):
+class ContextualBlockConformerEncoder(LayerOutputsEncoder):
     """Batch-invariant contextual-block Conformer with an incremental inference path.
 
     Args:
@@ -150,16 +150,6 @@ class ContextualBlockConformerEncoder(AbsEncoder):
         return mean + sinusoid(block_idx, frames.size(-1))
 
     # ----- parallel (training) path ----------------------------------------------------
-    def forward(
-        self,
-        xs_pad: torch.Tensor,
-        ilens: torch.Tensor,
-        prev_states: torch.Tensor = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor, None]:
-        """Encode a padded batch. Returns (ys (B, T', D), olens (B,), None)."""
-        ys, olens, _ = self.forward_layers(xs_pad, ilens)
-        return ys, olens, None
-
     def forward_layers(
         self, xs_pad: torch.Tensor, ilens: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:

@@ -18,13 +18,16 @@ from espnet.nets.pytorch_backend.transformer.embedding import RelPositionalEncod
 from espnet.nets.pytorch_backend.transformer.subsampling_without_posenc import (
     Conv2dSubsamplingWOPosEnc,
 )
-from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from torch import nn
 
-from espnet2_dualmode.encoders.conformer_layer import ConformerLayer, subsampled_lengths
+from espnet2_dualmode.encoders.conformer_layer import (
+    ConformerLayer,
+    LayerOutputsEncoder,
+    subsampled_lengths,
+)
 
 
-class FullContextConformerEncoder(AbsEncoder):
+class FullContextConformerEncoder(LayerOutputsEncoder):
     """Conformer encoder with full self-attention over the (valid part of the) utterance.
 
     Args:
@@ -69,16 +72,6 @@ class FullContextConformerEncoder(AbsEncoder):
 
     def output_size(self) -> int:
         return self._output_size
-
-    def forward(
-        self,
-        xs_pad: torch.Tensor,
-        ilens: torch.Tensor,
-        prev_states: torch.Tensor = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor, None]:
-        """Encode a padded batch. Returns (ys (B, T', D), olens (B,), None)."""
-        ys, olens, _ = self.forward_layers(xs_pad, ilens)
-        return ys, olens, None
 
     def forward_layers(
         self, xs_pad: torch.Tensor, ilens: torch.Tensor
