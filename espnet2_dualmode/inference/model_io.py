@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+import humanfriendly
 import torch
 import yaml
 from espnet2.text.build_tokenizer import build_tokenizer
@@ -44,6 +45,12 @@ def load_model(asr_train_config: str | Path, asr_model_file: Optional[str | Path
         except RuntimeError as e:
             raise RuntimeError(f"{asr_model_file} does not fit {asr_train_config}: {e}") from e
     return model.to(device).eval(), args
+
+
+def sample_rate(train_args: argparse.Namespace) -> int:
+    """The frontend's sample rate in Hz (ESPnet accepts 16000 or '16k')."""
+    fs = (getattr(train_args, "frontend_conf", None) or {}).get("fs", 16000)
+    return int(humanfriendly.parse_size(fs)) if isinstance(fs, str) else int(fs)
 
 
 class TokenText:

@@ -30,7 +30,7 @@ from espnet2_dualmode.decoding import (
     rescore,
     transducer_sequence_scores,
 )
-from espnet2_dualmode.inference.model_io import Result, TokenText, load_model
+from espnet2_dualmode.inference.model_io import Result, TokenText, load_model, sample_rate
 
 HEADS = ("rnnt", "ctc", "attention", "maskctc", "joint", "streaming_rnnt")
 DEFAULT_JOINT_WEIGHTS = {"rnnt": 1.0, "ctc": 0.3, "attention": 0.3, "mlm": 0.0}
@@ -73,7 +73,7 @@ class Speech2Text:
         self.decode_head = decode_head
         self.beam_size, self.nbest = beam_size, nbest
         self.text = TokenText(self.train_args)
-        self.sample_rate = int((self.train_args.frontend_conf or {}).get("fs", 16000))
+        self.sample_rate = sample_rate(self.train_args)
         m = self.model
         offline_rnnt = (m.stream_decoder, m.stream_joint) if m.shared_rnnt else (m.rnnt_decoder, m.rnnt_joint)
         needs = {"rnnt": [offline_rnnt[0], m.full_encoder], "ctc": [m.ctc],

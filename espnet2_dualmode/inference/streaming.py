@@ -19,7 +19,7 @@ from espnet2.asr.frontend.default import DefaultFrontend
 from espnet2.layers.utterance_mvn import UtteranceMVN
 
 from espnet2_dualmode.decoding import TransducerSearch
-from espnet2_dualmode.inference.model_io import Result, TokenText, load_model
+from espnet2_dualmode.inference.model_io import Result, TokenText, load_model, sample_rate
 
 
 class StreamingFeatures:
@@ -117,7 +117,7 @@ class Speech2TextStreaming:
         self.search = TransducerSearch(m.stream_decoder, m.stream_joint, beam_size,
                                        max_sym_per_frame, nbest=nbest)
         self.text = TokenText(self.train_args)
-        self.sample_rate = int((self.train_args.frontend_conf or {}).get("fs", 16000))
+        self.sample_rate = sample_rate(self.train_args)
         self.device = device
         self.reset()
 

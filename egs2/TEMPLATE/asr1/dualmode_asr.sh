@@ -1,0 +1,638 @@
+#!/usr/bin/env bash
+# Stage script shared by the espnet2-dualmode recipes (egs2/*/asr1 symlink it).
+# Stage numbers and directory layout follow ESPnet's egs2/TEMPLATE/asr1/asr.sh:
+#   1 data preparation   2 speed perturbation   3 format (dump)   4 filtering
+#   5 token list        10 statistics          11 training       12 decoding
+#  13 scoring and RESULTS.md
+# Every stage leaves a marker (.done_stageN) recording the arguments that shape its
+# output; a re-run skips a stage whose marker matches and re-runs it otherwise (a changed
+# upstream stage changes the markers downstream, so they re-run too).
+set -E -e -u -o pipefail
+
+log() {
+    local source=${BASH_SOURCE[1]:-$0}
+    local where="${source##*/}:${BASH_LINENO[0]}:${FUNCNAME[1]:-main}"
+    local line
+    line="$(date '+%Y-%m-%dT%H:%M:%S') (${where}) $*"
+    echo "${line}"
+    if [ -n "${stage_log:-}" ]; then echo "${line}" >> "${stage_log}"; fi
+}
+
+# ---------------------------------------------------------------------------------------
+# Options (each one is settable as --name value)
+# ---------------------------------------------------------------------------------------
+stage=1                  # first stage to run
+stop_stage=13            # last stage to run
+ngpu=1                   # GPUs for training (0: CPU); > 1 trains with one process per GPU
+nj=4                     # parallel jobs for stages 2-3, 10 and (by default) 12
+inference_nj=            # parallel decoding jobs per test set (default: --nj)
+gpu_inference=false      # decode on GPU (one per job)
+dumpdir=dump             # where stage 3-4 write the audio dumps
+expdir=exp               # where statistics, models, decodings and logs go
+
+# Data
+train_set=               # training data dir under data/ (required)
+valid_set=               # validation data dir under data/ (required)
+test_sets=               # test data dirs under data/, space-separated (required)
+local_data_opts=         # options of local/data.sh
+speed_perturb_factors=   # e.g. "0.9 1.0 1.1" (empty: no speed perturbation)
+fs=16k                   # sample rate of the dump
+audio_format=wav         # wav or flac
+min_wav_duration=0.1     # stage 4 removes shorter training/validation utterances (s)
+max_wav_duration=20      # ... and longer ones (s)
+
+# Tokens
+token_type=char          # char or bpe
+nbpe=30                  # sentencepiece vocabulary size (token_type=bpe)
+bpemode=unigram          # sentencepiece model type: unigram or bpe
+bpe_char_cover=1.0       # sentencepiece character coverage
+nlsyms_txt=none          # non-linguistic symbols, one per line (none: no such file)
+blank="<blank>"          # token 0
+oov="<unk>"              # token 1
+sos_eos="<sos/eos>"      # last token
+token_listdir=data/token_list
+
+# Training
+asr_config=              # training config (required)
+asr_args=                # extra training options, e.g. "--max_epoch 1"
+tag=                     # experiment name: exp/asr_<tag> (default: from config and tokens)
+asr_stats_dir=           # default: exp/asr_stats_raw_<token_type>[<nbpe>][_sp]
+
+# Decoding and scoring
+decode_heads="streaming rnnt ctc attention maskctc"  # streaming = chunk-wise binary
+inference_config=        # decoding config of every head (empty: the binaries' defaults)
+inference_head_configs=  # per-head overrides, "head=conf.yaml head2=conf2.yaml"
+inference_args=          # extra decoding options
+inference_tag=           # default: <config name>_asr_model_<model name>
+inference_asr_model=valid.loss.ave.pth
+sim_chunk_length=640     # samples per chunk fed to the streaming binary
+measure_latency=true     # measure RTF / emission delay on the first test set (stage 12)
+latency_max_utts=100     # utterances used for the latency measurement
+score_units=             # char and/or word (default: char for char tokens, else word)
+
+# shellcheck disable=SC2034  # read by parse_options.sh
+help_message=$(cat <<EOF
+Usage: $0 --train_set <name> --valid_set <name> --test_sets "<names>" --asr_config <yaml> [options]
+
+Runs the stages of an espnet2-dualmode recipe from its directory (egs2/<corpus>/asr1).
+  1 local/data.sh          2 speed perturbation    3 dump audio (cut, resample)
+  4 filter utterances      5 token list           10 feature statistics
+ 11 training (resumes)    12 decoding per head    13 scoring, RESULTS.md
+Finished stages are skipped when re-run with the same arguments.
+
+Options (default in brackets):
+  --stage, --stop_stage     stages to run [${stage}, ${stop_stage}]
+  --ngpu                    GPUs for training, 0 = CPU [${ngpu}]
+  --nj                      parallel jobs [${nj}]
+  --inference_nj            parallel decoding jobs per test set [--nj]
+  --gpu_inference           decode on GPU [${gpu_inference}]
+  --dumpdir, --expdir       output folders [${dumpdir}, ${expdir}]
+  --train_set, --valid_set  data dirs under data/ (required)
+  --test_sets               data dirs under data/, space-separated (required)
+  --local_data_opts         options of local/data.sh [${local_data_opts}]
+  --speed_perturb_factors   e.g. "0.9 1.0 1.1"; empty = none [${speed_perturb_factors}]
+  --fs                      sample rate of the dump [${fs}]
+  --audio_format            wav or flac [${audio_format}]
+  --min_wav_duration, --max_wav_duration  stage 4 limits in seconds [${min_wav_duration}, ${max_wav_duration}]
+  --token_type              char or bpe [${token_type}]
+  --nbpe, --bpemode, --bpe_char_cover  sentencepiece settings [${nbpe}, ${bpemode}, ${bpe_char_cover}]
+  --nlsyms_txt              non-linguistic symbols file [${nlsyms_txt}]
+  --blank, --oov, --sos_eos special tokens [${blank} ${oov} ${sos_eos}]
+  --token_listdir           [${token_listdir}]
+  --asr_config              training config (required)
+  --asr_args                extra training options [${asr_args}]
+  --tag                     experiment name, exp/asr_<tag> [from config and tokens]
+  --asr_stats_dir           statistics folder [exp/asr_stats_raw_<tokens>]
+  --decode_heads            heads/modes to decode; "streaming" runs the chunk-wise
+                            binary, others are --decode_head of the offline one
+                            [${decode_heads}]
+  --inference_config        decoding config for every head [${inference_config}]
+  --inference_head_configs  per-head configs, "ctc=conf/a.yaml maskctc=conf/b.yaml"
+  --inference_args          extra decoding options [${inference_args}]
+  --inference_tag           decoding folder name [<config name>_asr_model_<model name>]
+  --inference_asr_model     checkpoint under the experiment [${inference_asr_model}]
+  --sim_chunk_length        samples per chunk of the streaming binary [${sim_chunk_length}]
+  --measure_latency         RTF and emission delay on the first test set [${measure_latency}]
+  --latency_max_utts        utterances for the latency measurement [${latency_max_utts}]
+  --score_units             "char", "word" or both [char for char tokens, else word]
+EOF
+)
+
+# ---------------------------------------------------------------------------------------
+# Argument parsing: every variable defined above is an option.
+# ---------------------------------------------------------------------------------------
+run_args=$(printf '%q ' "$0" "$@")
+[ -f ./path.sh ] || { echo "$0: run me from a recipe directory (egs2/<corpus>/asr1): no ./path.sh" >&2; exit 1; }
+# shellcheck disable=SC1091
+. ./path.sh
+# shellcheck disable=SC1091
+. "${MAIN_ROOT}/egs2/TEMPLATE/asr1/parse_options.sh"
+python=${PYTHON:?path.sh sets PYTHON}
+
+for name in train_set valid_set test_sets asr_config; do
+    [ -n "${!name}" ] || usage_error "--${name} is required"
+done
+for name in stage stop_stage ngpu nj nbpe sim_chunk_length latency_max_utts; do
+    [[ "${!name}" =~ ^[0-9]+$ ]] || usage_error "--${name} must be a non-negative integer, got '${!name}'"
+done
+[ "${nj}" -ge 1 ] || usage_error "--nj must be >= 1"
+inference_nj=${inference_nj:-${nj}}
+[[ "${inference_nj}" =~ ^[1-9][0-9]*$ ]] || usage_error "--inference_nj must be >= 1"
+case "${token_type}" in char|bpe) ;; *) usage_error "--token_type must be char or bpe" ;; esac
+case "${audio_format}" in wav|flac) ;; *) usage_error "--audio_format must be wav or flac" ;; esac
+case "${gpu_inference}" in true|false) ;; *) usage_error "--gpu_inference must be true or false" ;; esac
+case "${measure_latency}" in true|false) ;; *) usage_error "--measure_latency must be true or false" ;; esac
+if [ -z "${score_units}" ]; then
+    if [ "${token_type}" = char ]; then score_units=char; else score_units=word; fi
+fi
+for unit in ${score_units}; do
+    case "${unit}" in char|word) ;; *) usage_error "--score_units takes char and/or word, got '${unit}'" ;; esac
+done
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
+stage_log=
+on_error() {
+    local rc=$? line=$1
+    echo "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[0]##*/}:${line}) error: a command failed with exit status ${rc}" >&2
+    if [ -n "${stage_log}" ] && [ -f "${stage_log}" ]; then
+        echo "---- last lines of ${stage_log} ----" >&2
+        tail -n 40 "${stage_log}" >&2
+        echo "----" >&2
+    fi
+    exit "${rc}"
+}
+trap 'on_error ${LINENO}' ERR
+
+# begin_stage N LOGDIR DESCRIPTION: start the stage log LOGDIR/stageN.log (appended).
+begin_stage() {
+    local n=$1 logdir=$2
+    shift 2
+    mkdir -p "${logdir}"
+    stage_log=${logdir}/stage${n}.log
+    echo "===== $(date '+%Y-%m-%dT%H:%M:%S') stage ${n}: $* =====" >> "${stage_log}"
+    log "Stage ${n}: $* (log: ${stage_log})"
+}
+
+# run_logged COMMAND...: run COMMAND with its output appended to the stage log.
+run_logged() {
+    echo "# $*" >> "${stage_log}"
+    "$@" >> "${stage_log}" 2>&1
+}
+
+# run_jobs NJ LOGDIR NAME COMMAND...: run COMMAND NJ times side by side, JOB replaced by
+# 1..NJ in every argument, job i logging to LOGDIR/NAME.i.log; the tail of each failed
+# job's log is printed.
+run_jobs() {
+    local nj=$1 logdir=$2 name=$3
+    shift 3
+    local -a pids=() failed=()
+    local i
+    mkdir -p "${logdir}"
+    for i in $(seq 1 "${nj}"); do
+        local -a cmd=("${@//JOB/${i}}")
+        echo "# ${cmd[*]}" > "${logdir}/${name}.${i}.log"
+        ( trap - ERR; "${cmd[@]}" ) >> "${logdir}/${name}.${i}.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in $(seq 1 "${nj}"); do
+        wait "${pids[$((i - 1))]}" || failed+=("${i}")
+    done
+    echo "# ${nj} job(s) of ${name}, logs ${logdir}/${name}.*.log, failed: ${failed[*]:-none}" >> "${stage_log}"
+    if [ ${#failed[@]} -gt 0 ]; then
+        for i in "${failed[@]}"; do
+            log "job ${i}/${nj} failed; last lines of ${logdir}/${name}.${i}.log:"
+            tail -n 30 "${logdir}/${name}.${i}.log" >&2
+        done
+        return 1
+    fi
+}
+
+# hash_of FILE: short content hash ("none" when FILE does not exist).
+hash_of() {
+    if [ -f "$1" ]; then sha256sum < "$1" | cut -c1-16; else echo none; fi
+}
+
+# already_done MARKER SIGNATURE: true (and logged) when MARKER holds SIGNATURE; otherwise
+# the stale marker is removed so that an interrupted re-run is never taken as finished.
+already_done() {
+    local marker=$1 signature=$2
+    if [ -f "${marker}" ] && [ "$(cat "${marker}")" = "${signature}" ]; then
+        log "skipped: already done with the same arguments (${marker})"
+        return 0
+    fi
+    if [ -f "${marker}" ]; then
+        log "arguments or inputs changed since ${marker}; running again"
+        rm -f "${marker}"
+    fi
+    return 1
+}
+
+mark_done() {
+    mkdir -p "$(dirname "$1")"
+    printf '%s\n' "$2" > "$1"
+}
+
+min() {
+    if [ "$1" -le "$2" ]; then echo "$1"; else echo "$2"; fi
+}
+
+num_lines() {
+    wc -l < "$1" | tr -d ' '
+}
+
+config_value() {
+    "${python}" -m espnet2_dualmode.bin.recipe_config --config "$1" --key "$2"
+}
+
+# ---------------------------------------------------------------------------------------
+# Derived names (ESPnet's layout)
+# ---------------------------------------------------------------------------------------
+fs_hz=$("${python}" -c 'import sys; from espnet2_dualmode.recipe.cli import sample_rate; print(sample_rate(sys.argv[1]))' "${fs}" 2>/dev/null) \
+    || usage_error "--fs must be a rate such as 16k or 16000, got '${fs}'"
+data_feats=${dumpdir}/raw
+orig_train_set=${train_set}
+if [ -n "${speed_perturb_factors}" ]; then
+    train_set=${train_set}_sp
+fi
+if [ "${token_type}" = bpe ]; then
+    tokendir=${token_listdir}/bpe_${bpemode}${nbpe}
+    bpeprefix=${tokendir}/bpe
+    bpemodel=${bpeprefix}.model
+    tokenizer_opts=(--token_type bpe --bpemodel "${bpemodel}")
+    token_suffix=bpe${nbpe}
+else
+    tokendir=${token_listdir}/char
+    tokenizer_opts=(--token_type char)
+    token_suffix=char
+fi
+token_list=${tokendir}/tokens.txt
+# Options of the training binary (stages 10 and 11).
+token_opts=("${tokenizer_opts[@]}" --token_list "${token_list}"
+            --non_linguistic_symbols "${nlsyms_txt}" --cleaner none --g2p none)
+sp_suffix=${speed_perturb_factors:+_sp}
+if [ -z "${tag}" ]; then
+    tag="$(basename "${asr_config}" .yaml)_raw_${token_suffix}${sp_suffix}"
+    if [ -n "${asr_args}" ]; then
+        tag+="$(echo "${asr_args}" | sed -e 's/--/_/g' -e 's/[ |=/]//g')"
+    fi
+fi
+asr_exp=${expdir}/asr_${tag}
+asr_stats_dir=${asr_stats_dir:-${expdir}/asr_stats_raw_${token_suffix}${sp_suffix}}
+if [ -z "${inference_tag}" ]; then
+    inference_tag="$(basename "${inference_config:-decode_default}" .yaml)_asr_model_$(echo "${inference_asr_model}" | sed -e 's#/#_#g' -e 's/\.[^.]*$//')"
+fi
+decode_root=${asr_exp}/${inference_tag}
+data_logdir=${expdir}/logs
+
+# inference_config_of HEAD: the decoding config of HEAD (may be empty).
+inference_config_of() {
+    local item
+    for item in ${inference_head_configs}; do
+        if [ "${item%%=*}" = "$1" ]; then echo "${item#*=}"; return; fi
+    done
+    echo "${inference_config}"
+}
+
+log "$0 ${run_args#* }"
+
+# ---------------------------------------------------------------------------------------
+# Stage 1: data preparation
+# ---------------------------------------------------------------------------------------
+if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
+    begin_stage 1 "${data_logdir}" "data preparation: local/data.sh ${local_data_opts}"
+    sig=$(printf '%s\n' "local_data_opts=${local_data_opts}" "data.sh=$(hash_of local/data.sh)")
+    if ! already_done data/.done_stage1 "${sig}"; then
+        # shellcheck disable=SC2086
+        run_logged local/data.sh ${local_data_opts}
+        mark_done data/.done_stage1 "${sig}"
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------
+# Stage 2: speed perturbation
+# ---------------------------------------------------------------------------------------
+if [ -n "${speed_perturb_factors}" ] && [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
+    begin_stage 2 "${data_logdir}" "speed perturbation of data/${orig_train_set}: ${speed_perturb_factors}"
+    sig=$(printf '%s\n' "src=data/${orig_train_set}" "factors=${speed_perturb_factors}" \
+        "upstream=$(hash_of data/.done_stage1)")
+    if ! already_done "data/${train_set}/.done_stage2" "${sig}"; then
+        # shellcheck disable=SC2086
+        run_logged "${python}" -m espnet2_dualmode.bin.recipe_speed_perturb \
+            --src "data/${orig_train_set}" --dst "data/${train_set}" \
+            --factors ${speed_perturb_factors} --nj "${nj}"
+        mark_done "data/${train_set}/.done_stage2" "${sig}"
+    fi
+fi
+
+# dump_dir SET: where stage 3 writes SET (training and validation sets go to org/ and
+# are filtered into dump/raw/<set> by stage 4; test sets are used as dumped).
+dump_dir() {
+    if [ "$1" = "${train_set}" ] || [ "$1" = "${valid_set}" ]; then
+        echo "${data_feats}/org/$1"
+    else
+        echo "${data_feats}/$1"
+    fi
+}
+
+# final_marker SET: the marker of the last stage that wrote dump/raw/SET (4 for the
+# training and validation sets, 3 for the others).
+final_marker() {
+    if [ "$1" = "${train_set}" ] || [ "$1" = "${valid_set}" ]; then
+        echo "${data_feats}/$1/.done_stage4"
+    else
+        echo "${data_feats}/$1/.done_stage3"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------
+# Stage 3: format / dump
+# ---------------------------------------------------------------------------------------
+if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
+    begin_stage 3 "${data_logdir}" "dump ${train_set} ${valid_set} ${test_sets} at ${fs} (${audio_format})"
+    for dset in "${train_set}" "${valid_set}" ${test_sets}; do
+        out=$(dump_dir "${dset}")
+        if [ "${dset}" = "${train_set}" ] && [ -n "${speed_perturb_factors}" ]; then
+            upstream=$(hash_of "data/${train_set}/.done_stage2")
+        else
+            upstream=$(hash_of data/.done_stage1)
+        fi
+        sig=$(printf '%s\n' "src=data/${dset}" "fs=${fs_hz}" "audio_format=${audio_format}" \
+            "upstream=${upstream}")
+        if ! already_done "${out}/.done_stage3" "${sig}"; then
+            run_logged "${python}" -m espnet2_dualmode.bin.recipe_format --src "data/${dset}" \
+                --dst "${out}" --fs "${fs_hz}" --audio_format "${audio_format}" --nj "${nj}"
+            mark_done "${out}/.done_stage3" "${sig}"
+        fi
+    done
+fi
+
+# ---------------------------------------------------------------------------------------
+# Stage 4: remove short, long and empty-text utterances from training and validation
+# ---------------------------------------------------------------------------------------
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+    begin_stage 4 "${data_logdir}" "filter ${train_set} ${valid_set}: ${min_wav_duration} s .. ${max_wav_duration} s, non-empty text"
+    for dset in "${train_set}" "${valid_set}"; do
+        sig=$(printf '%s\n' "min=${min_wav_duration}" "max=${max_wav_duration}" \
+            "upstream=$(hash_of "${data_feats}/org/${dset}/.done_stage3")")
+        if ! already_done "${data_feats}/${dset}/.done_stage4" "${sig}"; then
+            run_logged "${python}" -m espnet2_dualmode.bin.recipe_filter \
+                --src "${data_feats}/org/${dset}" --dst "${data_feats}/${dset}" --fs "${fs_hz}" \
+                --min_duration "${min_wav_duration}" --max_duration "${max_wav_duration}"
+            grep -h "kept .* utterances" "${stage_log}" | tail -n 1 | sed 's/^.*INFO: /  /'
+            mark_done "${data_feats}/${dset}/.done_stage4" "${sig}"
+        fi
+    done
+fi
+
+# ---------------------------------------------------------------------------------------
+# Stage 5: token list (and sentencepiece model)
+# ---------------------------------------------------------------------------------------
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+    begin_stage 5 "${data_logdir}" "${token_type} token list from ${data_feats}/${train_set}/text"
+    sig=$(printf '%s\n' "token_type=${token_type}" "nbpe=${nbpe}" "bpemode=${bpemode}" \
+        "bpe_char_cover=${bpe_char_cover}" "nlsyms=$(hash_of "${nlsyms_txt}")" \
+        "specials=${blank} ${oov} ${sos_eos}" \
+        "upstream=$(hash_of "$(final_marker "${train_set}")")")
+    if ! already_done "${tokendir}/.done_stage5" "${sig}"; then
+        mkdir -p "${tokendir}"
+        if [ "${token_type}" = bpe ]; then
+            nlsyms_opts=()
+            if [ "${nlsyms_txt}" != none ]; then nlsyms_opts=(--nlsyms "${nlsyms_txt}"); fi
+            run_logged "${python}" -m espnet2_dualmode.bin.recipe_bpe \
+                --text "${data_feats}/${train_set}/text" --model_prefix "${bpeprefix}" \
+                --vocab_size "${nbpe}" --model_type "${bpemode}" \
+                --character_coverage "${bpe_char_cover}" "${nlsyms_opts[@]}"
+        fi
+        run_logged "${python}" -m espnet2.bin.tokenize_text "${tokenizer_opts[@]}" \
+            --non_linguistic_symbols "${nlsyms_txt}" --cleaner none --g2p none \
+            --input "${data_feats}/${train_set}/text" --output "${token_list}" --field 2- \
+            --write_vocabulary true --add_symbol "${blank}:0" --add_symbol "${oov}:1" \
+            --add_symbol "${sos_eos}:-1"
+        log "${token_list}: $(num_lines "${token_list}") tokens"
+        mark_done "${tokendir}/.done_stage5" "${sig}"
+    fi
+fi
+
+# Data options of the training binary (stages 10 and 11).
+data_opts=(
+    --train_data_path_and_name_and_type "${data_feats}/${train_set}/wav.scp,speech,sound"
+    --train_data_path_and_name_and_type "${data_feats}/${train_set}/text,text,text"
+    --valid_data_path_and_name_and_type "${data_feats}/${valid_set}/wav.scp,speech,sound"
+    --valid_data_path_and_name_and_type "${data_feats}/${valid_set}/text,text,text"
+)
+if [ "${stop_stage}" -ge 10 ] && [ "${stage}" -le 11 ]; then
+    if [ ! -f "${asr_config}" ]; then
+        echo "$0: --asr_config ${asr_config}: no such file" >&2
+        exit 1
+    fi
+    # global_mvn reads the statistics of stage 10: stage 10 runs without it (the features
+    # it collects come before normalization) and stage 11 points it at the statistics.
+    if [ "$(config_value "${asr_config}" normalize)" = global_mvn ]; then
+        stats_normalize_opts=(--normalize none)
+        train_normalize_opts=(--normalize_conf "stats_file=${asr_stats_dir}/train/feats_stats.npz")
+    else
+        stats_normalize_opts=()
+        train_normalize_opts=()
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------
+# Stage 10: shapes and feature statistics (--collect_stats true), split over --nj jobs
+# ---------------------------------------------------------------------------------------
+if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 10 ]; then
+    begin_stage 10 "${asr_stats_dir}/logs" "statistics of ${train_set} and ${valid_set} -> ${asr_stats_dir}"
+    sig=$(printf '%s\n' "frontend=$(config_value "${asr_config}" frontend)" \
+        "frontend_conf=$(config_value "${asr_config}" frontend_conf)" "asr_args=${asr_args}" \
+        "fs=${fs_hz}" "token_list=$(hash_of "${token_list}")" \
+        "train=$(hash_of "$(final_marker "${train_set}")")" \
+        "valid=$(hash_of "$(final_marker "${valid_set}")")")
+    if ! already_done "${asr_stats_dir}/.done_stage10" "${sig}"; then
+        logdir=${asr_stats_dir}/logdir
+        rm -rf "${logdir}"
+        _nj=$(min "${nj}" "$(min "$(num_lines "${data_feats}/${train_set}/wav.scp")" \
+            "$(num_lines "${data_feats}/${valid_set}/wav.scp")")")
+        for part in train valid; do
+            if [ "${part}" = train ]; then dset=${train_set}; else dset=${valid_set}; fi
+            run_logged "${python}" -m espnet2_dualmode.bin.recipe_jobs split \
+                --scp "${data_feats}/${dset}/wav.scp" --num_splits "${_nj}" \
+                --out_dir "${logdir}" --name "${part}"
+        done
+        # shellcheck disable=SC2086
+        run_jobs "${_nj}" "${logdir}" stats "${python}" -m espnet2_dualmode.bin.dualmode_asr_train \
+            --collect_stats true --use_preprocessor true "${token_opts[@]}" "${data_opts[@]}" \
+            --train_shape_file "${logdir}/train.JOB.scp" \
+            --valid_shape_file "${logdir}/valid.JOB.scp" \
+            --output_dir "${logdir}/stats.JOB" --config "${asr_config}" \
+            --frontend_conf "fs=${fs_hz}" "${stats_normalize_opts[@]}" ${asr_args}
+        stats_dirs=()
+        for i in $(seq 1 "${_nj}"); do stats_dirs+=(--input_dir "${logdir}/stats.${i}"); done
+        run_logged "${python}" -m espnet2.bin.aggregate_stats_dirs "${stats_dirs[@]}" \
+            --output_dir "${asr_stats_dir}"
+        # The vocabulary size as the last dimension of the text shapes (ESPnet's
+        # text_shape.<token_type>, used to count batch bins).
+        for part in train valid; do
+            awk -v N="$(num_lines "${token_list}")" '{ print $0 "," N }' \
+                "${asr_stats_dir}/${part}/text_shape" > "${asr_stats_dir}/${part}/text_shape.${token_type}"
+        done
+        mark_done "${asr_stats_dir}/.done_stage10" "${sig}"
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------
+# Stage 11: training (a re-run resumes from the last checkpoint: --resume true)
+# ---------------------------------------------------------------------------------------
+if [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 11 ]; then
+    begin_stage 11 "${asr_exp}/logs" "training ${asr_exp} (config ${asr_config}, ngpu ${ngpu})"
+    sig=$(printf '%s\n' "config=$(hash_of "${asr_config}")" "asr_args=${asr_args}" \
+        "fs=${fs_hz}" "stats=$(hash_of "${asr_stats_dir}/.done_stage10")")
+    if ! already_done "${asr_exp}/.done_stage11" "${sig}"; then
+        # A script that resumes this experiment with the same arguments.
+        echo "#!/usr/bin/env bash" > "${asr_exp}/run.sh"
+        echo "cd $(printf '%q' "$(pwd)") && ${run_args} --stage 11 \"\$@\"; exit \$?" >> "${asr_exp}/run.sh"
+        chmod +x "${asr_exp}/run.sh"
+        train_opts=("${train_normalize_opts[@]}")
+        if [ "${ngpu}" -gt 1 ]; then
+            train_opts+=(--multiprocessing_distributed true)
+        fi
+        # shellcheck disable=SC2086
+        run_logged "${python}" -m espnet2_dualmode.bin.dualmode_asr_train \
+            --use_preprocessor true "${token_opts[@]}" "${data_opts[@]}" \
+            --train_shape_file "${asr_stats_dir}/train/speech_shape" \
+            --train_shape_file "${asr_stats_dir}/train/text_shape.${token_type}" \
+            --valid_shape_file "${asr_stats_dir}/valid/speech_shape" \
+            --valid_shape_file "${asr_stats_dir}/valid/text_shape.${token_type}" \
+            --fold_length 80000 --fold_length 150 --resume true \
+            --output_dir "${asr_exp}" --config "${asr_config}" --ngpu "${ngpu}" \
+            --frontend_conf "fs=${fs_hz}" "${train_opts[@]}" ${asr_args}
+        mark_done "${asr_exp}/.done_stage11" "${sig}"
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------
+# Stage 12: decoding of every test set with every head (+ latency of the streaming mode)
+# ---------------------------------------------------------------------------------------
+if [ "${gpu_inference}" = true ]; then inference_ngpu=1; else inference_ngpu=0; fi
+model_sig=$(hash_of "${asr_exp}/.done_stage11")
+if [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 12 ]; then
+    begin_stage 12 "${asr_exp}/logs" "decoding ${test_sets} with ${decode_heads} -> ${decode_root}"
+    model_file=${asr_exp}/${inference_asr_model}
+    for f in "${asr_exp}/config.yaml" "${model_file}"; do
+        [ -e "${f}" ] || { log "error: ${f} does not exist (train first: stage 11)"; exit 1; }
+    done
+    for head in ${decode_heads}; do
+        head_config=$(inference_config_of "${head}")
+        if [ -n "${head_config}" ] && [ ! -f "${head_config}" ]; then
+            log "error: decoding config ${head_config} of head ${head} does not exist"
+            exit 1
+        fi
+        config_opts=()
+        if [ -n "${head_config}" ]; then config_opts=(--config "${head_config}"); fi
+        if [ "${head}" = streaming ]; then
+            decoder=(-m espnet2_dualmode.bin.dualmode_asr_inference_streaming
+                     --sim_chunk_length "${sim_chunk_length}")
+        else
+            decoder=(-m espnet2_dualmode.bin.dualmode_asr_inference --decode_head "${head}")
+        fi
+        for dset in ${test_sets}; do
+            dir=${decode_root}/${head}/${dset}
+            sig=$(printf '%s\n' "command=${decoder[*]}" "config=$(hash_of "${head_config}")" \
+                "inference_args=${inference_args}" "model=${inference_asr_model}" \
+                "trained=${model_sig}" "data=$(hash_of "$(final_marker "${dset}")")")
+            log "${head} on ${dset} -> ${dir}"
+            if already_done "${dir}/.done_stage12" "${sig}"; then continue; fi
+            logdir=${dir}/logdir
+            rm -rf "${logdir}"
+            _nj=$("${python}" -m espnet2_dualmode.bin.recipe_jobs split \
+                --scp "${data_feats}/${dset}/wav.scp" --num_splits "${inference_nj}" \
+                --out_dir "${logdir}" --name keys 2>> "${stage_log}")
+            # shellcheck disable=SC2086
+            run_jobs "${_nj}" "${logdir}" decode "${python}" "${decoder[@]}" \
+                --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${model_file}" \
+                --data_path_and_name_and_type "${data_feats}/${dset}/wav.scp,speech,sound" \
+                --key_file "${logdir}/keys.JOB.scp" --output_dir "${logdir}/output.JOB" \
+                --ngpu "${inference_ngpu}" "${config_opts[@]}" ${inference_args}
+            job_dirs=()
+            for i in $(seq 1 "${_nj}"); do job_dirs+=("${logdir}/output.${i}"); done
+            run_logged "${python}" -m espnet2_dualmode.bin.recipe_jobs merge \
+                --keys "${data_feats}/${dset}/wav.scp" --out_dir "${dir}" "${job_dirs[@]}"
+            if [ -s "${dir}/failed" ]; then
+                log "warning: $(num_lines "${dir}/failed") utterance(s) of ${dset} failed to decode with ${head}: see ${dir}/failed"
+            fi
+            mark_done "${dir}/.done_stage12" "${sig}"
+        done
+    done
+    if [ "${measure_latency}" = true ]; then
+        latency_set=${test_sets%% *}
+        dir=${decode_root}/latency
+        sig=$(printf '%s\n' "set=${latency_set}" "max_utts=${latency_max_utts}" \
+            "model=${inference_asr_model}" "trained=${model_sig}" \
+            "data=$(hash_of "$(final_marker "${latency_set}")")")
+        # The streaming decoding's beam, when its config sets one.
+        streaming_config=$(inference_config_of streaming)
+        beam_opts=()
+        if [ -n "${streaming_config}" ]; then
+            beam=$(config_value "${streaming_config}" beam_size)
+            if [ -n "${beam}" ]; then beam_opts=(--beam_size "${beam}"); fi
+        fi
+        sig+=$'\n'"chunk=${sim_chunk_length} ${beam_opts[*]}"
+        log "latency of the streaming mode on ${latency_set} -> ${dir}/latency.json"
+        if ! already_done "${dir}/.done_stage12" "${sig}"; then
+            run_logged "${python}" -m espnet2_dualmode.bin.measure_latency \
+                --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${model_file}" \
+                --data_path_and_name_and_type "${data_feats}/${latency_set}/wav.scp,speech,sound" \
+                --output_dir "${dir}" --max_utts "${latency_max_utts}" \
+                --chunk_length "${sim_chunk_length}" "${beam_opts[@]}"
+            mark_done "${dir}/.done_stage12" "${sig}"
+        fi
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------
+# Stage 13: scoring (sclite when available) and RESULTS.md
+# ---------------------------------------------------------------------------------------
+if [ "${stage}" -le 13 ] && [ "${stop_stage}" -ge 13 ]; then
+    begin_stage 13 "${asr_exp}/logs" "scoring (${score_units}) -> ${asr_exp}/RESULTS.md"
+    unit_opts=()
+    for unit in ${score_units}; do unit_opts+=(--unit "${unit}"); done
+    nlsyms_opts=()
+    if [ "${nlsyms_txt}" != none ]; then nlsyms_opts=(--nlsyms "${nlsyms_txt}"); fi
+    upstream=
+    for head in ${decode_heads}; do
+        for dset in ${test_sets}; do
+            upstream+=" ${head}/${dset}=$(hash_of "${decode_root}/${head}/${dset}/.done_stage12")"
+        done
+    done
+    latency_set=
+    latency_opts=()
+    if [ "${measure_latency}" = true ]; then
+        latency_set=${test_sets%% *}
+        latency_opts=(--latency_set "${latency_set}")
+        upstream+=" latency=$(hash_of "${decode_root}/latency/.done_stage12")"
+    fi
+    sig=$(printf '%s\n' "units=${score_units}" "heads=${decode_heads}" "sets=${test_sets}" \
+        "nlsyms=$(hash_of "${nlsyms_txt}")" "upstream=${upstream}")
+    if ! already_done "${decode_root}/.done_stage13" "${sig}"; then
+        for head in ${decode_heads}; do
+            for dset in ${test_sets}; do
+                dir=${decode_root}/${head}/${dset}
+                [ -f "${dir}/text" ] || { log "error: ${dir}/text does not exist (decode first: stage 12)"; exit 1; }
+                echo "# score ${dir}" >> "${stage_log}"
+                "${python}" -m espnet2_dualmode.bin.score --ref_text "${data_feats}/${dset}/text" \
+                    --hyp_text "${dir}/text" --name "${dset}" "${unit_opts[@]}" \
+                    "${nlsyms_opts[@]}" --output_dir "${dir}" --json \
+                    > "${dir}/scores.json" 2>> "${stage_log}"
+            done
+        done
+        # shellcheck disable=SC2086
+        run_logged "${python}" -m espnet2_dualmode.bin.recipe_results --decode_dir "${decode_root}" \
+            --heads ${decode_heads} --test_sets ${test_sets} --units ${score_units} \
+            --title "${asr_exp} (${inference_tag}, ${inference_asr_model})" \
+            "${latency_opts[@]}" --output "${asr_exp}/RESULTS.md"
+        mark_done "${decode_root}/.done_stage13" "${sig}"
+    fi
+    cat "${asr_exp}/RESULTS.md"
+fi
+
+log "Successfully finished stages ${stage}-${stop_stage}"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Stage 1 of the demo: synthesize the Japanese corpus (data/{train,dev,test}) offline with
+# pyopenjtalk. Re-running with the same options does nothing; other options regenerate it.
+set -euo pipefail
+
+num_train=3000
+num_dev=200
+num_test=200
+seed=0
+nj=2
+noise_snr_db=          # e.g. 20 (empty: clean speech)
+wav_dir=downloads/demo_ja
+
+# shellcheck disable=SC2034  # read by parse_options.sh
+help_message="Usage: $0 [--num_train N] [--num_dev N] [--num_test N] [--seed S] [--nj J] [--noise_snr_db DB] [--wav_dir DIR]"
+
+# shellcheck disable=SC1091
+. ./path.sh
+# shellcheck disable=SC1091
+. "${MAIN_ROOT}/egs2/TEMPLATE/asr1/parse_options.sh"
+
+noise_opts=()
+if [ -n "${noise_snr_db}" ]; then noise_opts=(--noise_snr_db "${noise_snr_db}"); fi
+"${PYTHON}" -m espnet2_dualmode.bin.make_demo_ja_corpus --out_dir data --wav_dir "${wav_dir}" \
+    --num_train "${num_train}" --num_dev "${num_dev}" --num_test "${num_test}" \
+    --seed "${seed}" --nj "${nj}" "${noise_opts[@]}"

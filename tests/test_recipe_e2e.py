@@ -1,0 +1,160 @@
+"""Integration: the demo_ja recipe, stages 1-13, on a tiny corpus with the debug model on
+CPU (RESULTS.md checked against an independent CER), and stage 11 resuming after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+
+from recipe_sandbox import REPO, make_recipe, read_map, run_recipe
+
+HEADS = ("streaming", "rnnt", "ctc", "attention", "maskctc")
+COMMON = ["--corpus_size", "tiny", "--nj", "1",
+          "--asr_config", str(REPO / "conf" / "debug" / "joint_sp_ed.yaml"),
+          "--decode_heads", " ".join(HEADS), "--latency_max_utts", "2"]
+E2E = COMMON + ["--tag", "e2e", "--asr_args", "--max_epoch 1"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo recipe after stages 1-13 (tiny corpus: 24/4/4 utterances)."""
+    recipe = make_recipe("demo_ja", tmp_path_factory.mktemp("demo"))
+    result = run_recipe(recipe, E2E, timeout=900)
+    assert result.returncode == 0, result.stdout[-6000:]
+    return recipe, result.stdout
+
+
+def edit_distance(ref: str, hyp: str) -> int:
+    """Levenshtein distance between two character strings (plain DP)."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def cer(ref: Dict[str, str], hyp: Dict[str, str]) -> float:
+    """Character error rate in percent; a missing hypothesis counts as empty."""
+    errors = sum(edit_distance(t.replace(" ", ""), hyp.get(u, "").replace(" ", ""))
+                 for u, t in ref.items())
+    return 100.0 * errors / sum(len(t.replace(" ", "")) for t in ref.values())
+
+
+def test_stages_1_to_13_write_results(demo) -> None:
+    recipe, stdout = demo
+    exp = recipe / "exp" / "asr_e2e"
+    results = (exp / "RESULTS.md").read_text()
+    assert results in stdout  # printed at the end
+    ref = read_map(recipe / "dump" / "raw" / "test" / "text")
+    assert len(ref) == 4
+    decode = exp / "decode_asr_asr_model_valid.loss.ave"
+    rows = dict(re.findall(r"^\|(\w+)\|([^|]+)\|$", results, flags=re.M))
+    assert list(rows) == list(HEADS)
+    for head in HEADS:
+        hyp = read_map(decode / head / "test" / "text")
+        failed = read_map(decode / head / "test" / "failed")
+        assert set(hyp) | set(failed) == set(ref), head
+        value = float(rows[head].split()[0])
+        assert value == pytest.approx(cer(ref, {u: h for u, h in hyp.items()
+                                                if u not in failed}), abs=0.051), head
+    latency = json.loads((decode / "latency" / "latency.json").read_text())
+    assert (f"RTF {latency['rtf']:.3f}, algorithmic latency "
+            f"{latency['algorithmic_latency_ms']:.0f} ms") in results
+    for log in ("logs/stage1.log", "logs/stage5.log", "asr_stats_raw_char/logs/stage10.log",
+                "asr_e2e/logs/stage11.log", "asr_e2e/logs/stage12.log",
+                "asr_e2e/logs/stage13.log"):
+        assert (recipe / "exp" / log).is_file(), log
+    assert (exp / "run.sh").is_file()
+
+
+def test_finished_decoding_is_skipped_and_a_head_config_redecodes_that_head(
+        demo, tmp_path: Path) -> None:
+    recipe, _ = demo
+    exp = recipe / "exp" / "asr_e2e"
+    decode = exp / "decode_asr_asr_model_valid.loss.ave"
+    results = exp / "RESULTS.md"
+    before = results.stat().st_mtime_ns
+    again = run_recipe(recipe, E2E + ["--stage", "11"])
+    assert again.returncode == 0, again.stdout[-3000:]
+    # stage 11, five heads and the latency of stage 12, stage 13
+    assert again.stdout.count("skipped: already done with the same arguments") == 8
+    assert results.stat().st_mtime_ns == before
+
+    ctc_config = tmp_path / "decode_ctc.yaml"
+    ctc_config.write_text("beam_size: 1\n")
+    texts = {h: (decode / h / "test" / "text").stat().st_mtime_ns for h in HEADS}
+    per_head = run_recipe(recipe, E2E + ["--stage", "12", "--inference_head_configs",
+                                         f"ctc={ctc_config}"])
+    assert per_head.returncode == 0, per_head.stdout[-3000:]
+    for head in HEADS:
+        redecoded = (decode / head / "test" / "text").stat().st_mtime_ns != texts[head]
+        assert redecoded == (head == "ctc"), head
+    assert f"--config {ctc_config}" in (decode / "ctc" / "test" / "logdir" /
+                                        "decode.1.log").read_text()
+    assert results.stat().st_mtime_ns > before  # stage 13 followed
+
+
+def test_stage11_resumes_after_a_kill(demo) -> None:
+    recipe, _ = demo
+    exp = recipe / "exp" / "asr_resume"
+    args = ["./run.sh", *COMMON, "--tag", "resume", "--stage", "11", "--stop_stage", "11",
+            "--asr_args", "--max_epoch 3 --num_iters_per_epoch 2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen(args, cwd=recipe, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (exp / "1epoch.pth").exists():
+            assert first.poll() is None, (exp / "logs" / "stage11.log").read_text()[-3000:]
+            assert time.time() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.2)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)  # the script and the trainer it started
+        first.wait()
+    assert not (exp / ".done_stage11").exists()
+    killed_at = torch.load(exp / "checkpoint.pth", map_location="cpu",
+                           weights_only=False)["reporter"]["epoch"]
+    assert 1 <= killed_at < 3
+
+    second = run_recipe(recipe, args[1:])
+    assert second.returncode == 0, second.stdout[-3000:]
+    log = (exp / "logs" / "stage11.log").read_text()
+    last_run = log[log.rindex("===== "):]
+    assert "--resume true" in last_run
+    assert "The training was resumed using" in last_run
+    final = torch.load(exp / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert final["reporter"]["epoch"] == 3
+    assert (exp / ".done_stage11").is_file()
+
+
+def test_recipe_configs_resolve_and_the_demo_config_builds(demo, tmp_path: Path) -> None:
+    """Every recipe config link resolves; the demo's default config passes ESPnet's dry
+    run (model built with the statistics and token list the recipe made)."""
+    for corpus in ("csj", "librispeech_100"):
+        confs = sorted((REPO / "egs2" / corpus / "asr1" / "conf").glob("train_*.yaml"))
+        assert len(confs) == 7 and all(c.is_symlink() and c.resolve().is_file()
+                                       for c in confs), corpus
+        assert not os.path.isabs(os.readlink(confs[0]))  # relative links
+    recipe, _ = demo
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), "-m",
+         "espnet2_dualmode.bin.dualmode_asr_train", "--dry_run", "true",
+         "--iterator_type", "none", "--output_dir", str(tmp_path / "dry"),
+         "--config", str(recipe / "conf" / "train_joint_sp_ed_small.yaml"),
+         "--token_list", str(recipe / "data" / "token_list" / "char" / "tokens.txt"),
+         "--normalize_conf",
+         f"stats_file={recipe / 'exp' / 'asr_stats_raw_char' / 'train' / 'feats_stats.npz'}"],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "dry" / "config.yaml").is_file()
