@@ -41,7 +41,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet2_dualmode.encoders.contextual_block_conformer import ContextualBlockConformerEncoder
 from espnet2_dualmode.encoders.full_context_conformer import FullContextConformerEncoder
-from espnet2_dualmode.losses import mse_distill_loss, rnnt_loss, sp_kd_loss
+from espnet2_dualmode.losses import mse_distill_loss, pruned_rnnt_loss, rnnt_loss, sp_kd_loss
 
 
 class EncoderOutputs(NamedTuple):
@@ -81,6 +81,10 @@ class DualModeASRModel(AbsESPnetModel):
             the offline RNN-T loss then uses ``stream_decoder``/``stream_joint``.
         lsm_weight: label smoothing for the attention and MLM decoders.
         rnnt_backend: "auto", "torchaudio" or "warp_rnnt" (see losses.transducer).
+        rnnt_loss_type: "full" (the whole (B, T', U+1, V) joint) or "pruned" (pruned
+            RNN-T: a trivial-joiner loss picks ``pruned_s_range`` label positions per
+            frame and the joint runs only there; for large vocabularies).
+        pruned_s_range, simple_loss_scale: settings of the pruned loss.
     """
 
     def __init__(
@@ -113,6 +117,9 @@ class DualModeASRModel(AbsESPnetModel):
         shared_rnnt: bool = False,
         lsm_weight: float = 0.1,
         rnnt_backend: str = "auto",
+        rnnt_loss_type: str = "full",
+        pruned_s_range: int = 5,
+        simple_loss_scale: float = 0.5,
         ignore_id: int = -1,
     ):
         super().__init__()
@@ -137,6 +144,9 @@ class DualModeASRModel(AbsESPnetModel):
         self.detach_teacher = detach_teacher
         self.shared_rnnt = shared_rnnt
         self.rnnt_backend = rnnt_backend
+        self.rnnt_loss_type = rnnt_loss_type
+        self.pruned_s_range = pruned_s_range
+        self.simple_loss_scale = simple_loss_scale
         self.criterion_att = LabelSmoothingLoss(vocab_size, ignore_id, lsm_weight)
         self.criterion_mlm = LabelSmoothingLoss(vocab_size + 1, ignore_id, lsm_weight)
         self._check_configuration()
@@ -162,6 +172,8 @@ class DualModeASRModel(AbsESPnetModel):
                           "do not configure rnnt_decoder")
         if self.encoder_distill not in (None, "sp", "mse"):
             errors.append(f"encoder_distill must be sp, mse or null, not {self.encoder_distill!r}")
+        if self.rnnt_loss_type not in ("full", "pruned"):
+            errors.append(f"rnnt_loss_type must be full or pruned, not {self.rnnt_loss_type!r}")
         if self.decoder_distill not in (None, "sp"):
             errors.append(f"decoder_distill must be sp or null, not {self.decoder_distill!r}")
         if self.encoder_distill and (self.stream_encoder is None or self.full_encoder is None):
@@ -321,6 +333,11 @@ class DualModeASRModel(AbsESPnetModel):
         dec_out = decoder(dec_in)
         if not loss:
             return None, dec_out
+        if self.rnnt_loss_type == "pruned":
+            value, _ = pruned_rnnt_loss(joint, enc_out, dec_out, targets, enc_lens, text_lengths,
+                                        blank=self.blank_id, s_range=self.pruned_s_range,
+                                        simple_loss_scale=self.simple_loss_scale)
+            return value, dec_out
         logits = joint(enc_out.unsqueeze(2), dec_out.unsqueeze(1))  # (B, T', U+1, V)
         value = rnnt_loss(logits, targets.int(), enc_lens.int(), text_lengths.int(),
                           blank=self.blank_id, reduction="mean", backend=self.rnnt_backend)

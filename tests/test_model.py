@@ -103,6 +103,24 @@ def test_each_variant_learns_and_reports_its_losses(name, token_list):
     assert cers == expected_cer
 
 
+def test_pruned_rnnt_loss_option_learns(token_list):
+    model = build(DEBUG["joint"], token_list, rnnt_loss_type="pruned", pruned_s_range=3)
+    speech, lengths, text, text_lengths = batch()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        torch.manual_seed(1)
+        np.random.seed(1)
+        loss, stats, _ = model(speech, lengths, text, text_lengths)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0], losses
+    with pytest.raises(ValueError, match="rnnt_loss_type must be full or pruned"):
+        build(DEBUG["joint"], token_list, rnnt_loss_type="k2")
+
+
 def grads(module) -> float:
     return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
 

@@ -145,9 +145,10 @@ def _root_prediction(
 def _log_joint(
     joint: JointNetwork, enc_proj: torch.Tensor, dec_proj: torch.Tensor
 ) -> torch.Tensor:
-    """Log-probabilities (N, V), float64, from pre-projected encoder/decoder rows (N, J)."""
+    """Log-probabilities (N, V), in the network's dtype, from pre-projected encoder/decoder
+    rows (N, J). Callers add the few values they keep to float64 scores."""
     logits = joint(enc_proj, dec_proj, no_projection=True)
-    return torch.log_softmax(logits, dim=-1).double()
+    return torch.log_softmax(logits, dim=-1)
 
 
 def _merge(into: Dict[Prefix, _Hyp], hyp: _Hyp) -> None:
@@ -303,12 +304,13 @@ class TransducerSearch:
             rows_utt = torch.tensor([active[i] for i in owner], device=enc_proj.device)
             dec_proj = torch.stack([state.cache[h.tokens].proj for h in rows])
             logp = _log_joint(self.joint, enc_proj[rows_utt], dec_proj)  # (N, V)
-            base = torch.tensor([h.score for h in rows], dtype=logp.dtype, device=logp.device)
-            for i, h, score in zip(owner, rows, (base + logp[:, self.blank]).tolist()):
+            base = torch.tensor([h.score for h in rows], dtype=torch.float64, device=logp.device)
+            ends = (base + logp[:, self.blank].double()).tolist()
+            for i, h, score in zip(owner, rows, ends):
                 _merge(finished[i], _Hyp(h.tokens, score, h.times))
             if step == self.max_sym_per_frame:
                 break
-            running = self._prune(finished, running, owner, base.unsqueeze(1) + logp, frames)
+            running = self._prune(finished, running, owner, base, logp, frames)
             self._extend_cache(state.cache, running)
         for i, b in enumerate(active):
             state.hyps[b] = sorted(finished[i].values(), key=lambda h: -h.score)[
@@ -323,35 +325,47 @@ class TransducerSearch:
         finished: List[Dict[Prefix, _Hyp]],
         running: List[List[_Hyp]],
         owner: List[int],
-        cand: torch.Tensor,
+        base: torch.Tensor,
+        logp: torch.Tensor,
         frames: List[int],
     ) -> List[List[_Hyp]]:
         """Choose, per utterance, the hypotheses that emit one more symbol in this frame.
 
         Beam search keeps the ``beam_size`` best symbol extensions. With ``beam_size=1``
         (greedy) the finished hypothesis competes with them and the loser is dropped.
+        The best extensions of an utterance are among the ``beam_size`` best symbols of
+        each of its rows, so only those (N, beam_size) candidates are scored in float64.
 
         Args:
             finished: per active utterance, hypotheses that finished the frame; pruned
                 in place when ``beam_size=1``.
             running: per active utterance, the hypotheses expanded at this step.
-            owner: active-utterance index of each row of ``cand``.
-            cand: score of each running hypothesis + log p(k) (N, V), float64.
+            owner: active-utterance index of each row of ``logp``.
+            base: score of each running hypothesis (N,), float64.
+            logp: log p(k) of each running hypothesis (N, V); overwritten.
             frames: global frame index per active utterance.
 
         Returns:
             Per active utterance, the continuing hypotheses (one more symbol each).
         """
-        beam, vocab = self.beam_size, self.vocab_size
-        cand[:, self.blank] = float("-inf")
+        beam = self.beam_size
+        logp[:, self.blank] = float("-inf")
+        width = min(beam, self.vocab_size - 1)
+        row_val, row_tok = logp.topk(width, dim=1)  # (N, width) best symbols per row
+        cand = base.unsqueeze(1) + row_val.double()
         slots = [r for hyps in running for r in range(len(hyps))]
         rows = torch.tensor([i * beam + r for i, r in zip(owner, slots)], device=cand.device)
-        padded = cand.new_full((len(running) * beam, vocab), float("-inf"))
+        padded = cand.new_full((len(running) * beam, width), float("-inf"))
         padded[rows] = cand
-        top_val, top_idx = padded.view(len(running), beam * vocab).topk(beam, dim=1)
+        top_val, top_idx = padded.view(len(running), beam * width).topk(beam, dim=1)
+        tokens = row_tok.new_zeros((len(running) * beam, width))
+        tokens[rows] = row_tok
+        top_tok = tokens.view(len(running), beam * width).gather(1, top_idx)
         new_running = []
-        for i, (values, indices) in enumerate(zip(top_val.tolist(), top_idx.tolist())):
-            kept = [(v, x) for v, x in zip(values, indices) if v != float("-inf")]
+        for i, (values, indices, labels) in enumerate(
+            zip(top_val.tolist(), top_idx.tolist(), top_tok.tolist())
+        ):
+            kept = [(v, x, k) for v, x, k in zip(values, indices, labels) if v != float("-inf")]
             if beam == 1 and finished[i]:
                 (done,) = finished[i].values()
                 if not kept or done.score >= kept[0][0]:  # on a tie blank wins, as arg-max
@@ -359,10 +373,10 @@ class TransducerSearch:
                 else:
                     finished[i] = {}
             continuing = []
-            for score, x in kept:
-                parent = running[i][x // vocab]
+            for score, x, label in kept:
+                parent = running[i][x // width]
                 continuing.append(
-                    _Hyp(parent.tokens + (x % vocab,), score, parent.times + (frames[i],))
+                    _Hyp(parent.tokens + (label,), score, parent.times + (frames[i],))
                 )
             new_running.append(continuing)
         return new_running
@@ -378,8 +392,9 @@ class TransducerSearch:
         c0 = None if parents[0].c is None else torch.stack([p.c for p in parents], dim=1)
         labels = torch.tensor([p[-1] for p in todo], dtype=torch.long, device=h0.device)
         proj, (h1, c1) = _predict(self.decoder, self.joint, labels, (h0, c0))
-        for n, prefix in enumerate(todo):
-            cache[prefix] = _PredOut(proj[n], h1[:, n], None if c1 is None else c1[:, n])
+        cells = [None] * len(todo) if c1 is None else c1.unbind(1)
+        for prefix, out in zip(todo, zip(proj.unbind(0), h1.unbind(1), cells)):
+            cache[prefix] = _PredOut(*out)
 
 
 @torch.no_grad()

@@ -1,0 +1,76 @@
+"""One training step of the joint+sp-ED model vs standalone Context-T + Conformer-T (issue 6 §2).
+
+Each model runs in its own subprocess (so peak memory is its own): forward, backward and an
+Adam step on the same batch (B=8 utterances of 6 s, 40 tokens each, V=3262), paper size,
+built with our task. Prints median step times, peak RSS and, last, the ratio
+joint / (Context-T + Conformer-T); the target is <= 1.0.
+
+    python benchmarks/joint_step.py [--threads 2] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+MODELS = ("joint_sp_ed", "st1_context_t", "nst1_conformer_t")
+
+
+def run_one(name: str, steps: int, threads: int, batch: int, seconds: float, tokens: int) -> dict:
+    import torch
+
+    from common import build_paper_model, peak_rss_gib
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model, _ = build_paper_model(name)
+    model.train()
+    speech = torch.randn(batch, int(16000 * seconds))
+    lengths = torch.full((batch,), speech.size(1))
+    text = torch.randint(2, model.vocab_size - 1, (batch, tokens))
+    text_lengths = torch.full((batch,), tokens)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    times = []
+    for _ in range(steps + 1):  # the first step warms up allocators
+        tic = time.perf_counter()
+        loss, _, _ = model(speech, lengths, text, text_lengths)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - tic)
+    times = sorted(times[1:])
+    return {"model": name, "step_s": times[len(times) // 2], "peak_rss_gib": peak_rss_gib(),
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--tokens", type=int, default=40)
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(run_one(a.one, a.steps, a.threads, a.batch, a.seconds, a.tokens)))
+        return
+    rows = {}
+    for name in MODELS:
+        out = subprocess.run([sys.executable, __file__, "--one", name, "--threads", str(a.threads),
+                              "--steps", str(a.steps), "--batch", str(a.batch),
+                              "--seconds", str(a.seconds), "--tokens", str(a.tokens)],
+                             capture_output=True, text=True, check=True)
+        rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        r = rows[name]
+        print(f"{name:18s} {r['params_m']:6.1f}M params  step {r['step_s']:7.2f} s  "
+              f"peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
+    base = rows["st1_context_t"]["step_s"] + rows["nst1_conformer_t"]["step_s"]
+    print(f"joint step / (Context-T + Conformer-T): {rows['joint_sp_ed']['step_s'] / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
