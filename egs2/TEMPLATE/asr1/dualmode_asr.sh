@@ -24,6 +24,7 @@ log() {
 stage=1                  # first stage to run
 stop_stage=13            # last stage to run
 ngpu=1                   # GPUs for training (0: CPU); > 1 trains with one process per GPU
+cpu_train_procs=1        # with --ngpu 0: training processes (gloo), one thread each
 nj=4                     # parallel jobs for stages 2-3, 10 and (by default) 12
 inference_nj=            # parallel decoding jobs per test set (default: --nj)
 gpu_inference=false      # decode on GPU (one per job)
@@ -83,6 +84,7 @@ Finished stages are skipped when re-run with the same arguments.
 Options (default in brackets):
   --stage, --stop_stage     stages to run [${stage}, ${stop_stage}]
   --ngpu                    GPUs for training, 0 = CPU [${ngpu}]
+  --cpu_train_procs         with --ngpu 0, training processes of one thread each [${cpu_train_procs}]
   --nj                      parallel jobs [${nj}]
   --inference_nj            parallel decoding jobs per test set [--nj]
   --gpu_inference           decode on GPU [${gpu_inference}]
@@ -182,7 +184,7 @@ run_logged() {
 }
 
 # run_jobs NJ LOGDIR NAME COMMAND...: run COMMAND NJ times side by side, JOB replaced by
-# 1..NJ in every argument, job i logging to LOGDIR/NAME.i.log; the tail of each failed
+# 1..NJ (and __RANK__ by 0..NJ-1) in every argument, job i logging to LOGDIR/NAME.i.log; the tail of each failed
 # job's log is printed.
 run_jobs() {
     local nj=$1 logdir=$2 name=$3
@@ -192,6 +194,7 @@ run_jobs() {
     mkdir -p "${logdir}"
     for i in $(seq 1 "${nj}"); do
         local -a cmd=("${@//JOB/${i}}")
+        cmd=("${cmd[@]//__RANK__/$((i - 1))}")
         echo "# ${cmd[*]}" > "${logdir}/${name}.${i}.log"
         ( trap - ERR; "${cmd[@]}" ) >> "${logdir}/${name}.${i}.log" 2>&1 &
         pids+=($!)
@@ -497,7 +500,7 @@ if [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 11 ]; then
             train_opts+=(--multiprocessing_distributed true)
         fi
         # shellcheck disable=SC2086
-        run_logged "${python}" -m espnet2_dualmode.bin.dualmode_asr_train \
+        train_cmd=("${python}" -m espnet2_dualmode.bin.dualmode_asr_train \
             --use_preprocessor true "${token_opts[@]}" "${data_opts[@]}" \
             --train_shape_file "${asr_stats_dir}/train/speech_shape" \
             --train_shape_file "${asr_stats_dir}/train/text_shape.${token_type}" \
@@ -505,7 +508,20 @@ if [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 11 ]; then
             --valid_shape_file "${asr_stats_dir}/valid/text_shape.${token_type}" \
             --fold_length 80000 --fold_length 150 --resume true \
             --output_dir "${asr_exp}" --config "${asr_config}" --ngpu "${ngpu}" \
-            --frontend_conf "fs=${fs_hz}" "${train_opts[@]}" ${asr_args}
+            --frontend_conf "fs=${fs_hz}" "${train_opts[@]}" ${asr_args})
+        if [ "${ngpu}" -eq 0 ] && [ "${cpu_train_procs}" -gt 1 ]; then
+            # Several single-threaded CPU processes (DDP over gloo): OpenMP threads of one
+            # process slow down by an order of magnitude when other processes share the cores.
+            rendezvous=$(cd "${asr_exp}" && pwd)/.rendezvous
+            rm -f "${rendezvous}"
+            OMP_NUM_THREADS=1 run_jobs "${cpu_train_procs}" "${asr_exp}/logs" train \
+                "${train_cmd[@]}" --multiprocessing_distributed false --dist_backend gloo \
+                --dist_world_size "${cpu_train_procs}" --dist_init_method "file://${rendezvous}" \
+                --dist_rank __RANK__ --local_rank __RANK__
+            cat "${asr_exp}/logs/train.1.log" >> "${stage_log}"  # rank 0 reports
+        else
+            run_logged "${train_cmd[@]}"
+        fi
         mark_done "${asr_exp}/.done_stage11" "${sig}"
     fi
 fi

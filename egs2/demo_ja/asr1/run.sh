@@ -20,11 +20,10 @@ case "${corpus_size}" in
     full) sizes="--num_train 3000 --num_dev 200 --num_test 200" ;;
     *) echo "$0: --corpus_size must be tiny, small or full, got '${corpus_size}'" >&2; exit 2 ;;
 esac
-# Two threads per training process on the 2-core machine this demo is sized for.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 ./dualmode_asr.sh \
     --ngpu 0 \
+    --cpu_train_procs 2 \
     --nj 2 \
     --train_set train \
     --valid_set dev \

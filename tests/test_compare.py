@@ -1,0 +1,313 @@
+"""The Figure 2 config grid and the experiment comparison (Tables 1-2, Figure 2 layouts).
+
+The scored experiments are built as stages 11-13 leave them: ``config.yaml`` dumped from
+the task's parsed arguments as ESPnet's trainer does, and
+``<decode dir>/<head>/<set>/scores.json`` written by ``espnet2_dualmode.bin.score --json``
+(the stage-13 command) from hand-made hypotheses with a known number of errors. Expected
+numbers are computed here from those error counts.
+"""
+
+import contextlib
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
+
+from espnet2_dualmode.bin.compare_experiments import main as compare_main
+from espnet2_dualmode.bin.score import main as score_main
+from espnet2_dualmode.tasks.dualmode_asr import DualModeASRTask
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKS = ROOT / "conf" / "paper" / "blocks"
+GRID = {(method, block): BLOCKS / f"joint_{method}_block{block}.yaml"
+        for method in ("sp_ed", "mse_ed") for block in (10, 20, 30, 40, 50, 60)}
+TOKENS = ["<blank>", "<unk>"] + list("abcdefgh") + ["<sos/eos>"]
+GEOMETRY = ("block_size", "hop_size", "look_ahead")
+
+# Two test sets of 15 reference characters each (no spaces: one token per character).
+REFS = {"dev": {"u1": "あいうえおかきくけこ", "u2": "さしすせそ"},
+        "test": {"u1": "たちつてと", "u2": "なにぬねのはひふへほ"}}
+N_REF = 15
+INFERENCE_TAG = "decode_asr_asr_model_valid.loss.ave"
+
+
+@pytest.fixture(scope="module")
+def token_list(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tok") / "tokens.txt"
+    path.write_text("\n".join(TOKENS) + "\n")
+    return path
+
+
+def parse_args(config: Path, token_list: Path, *extra: str):
+    return DualModeASRTask.get_parser().parse_args(
+        ["--config", str(config), "--token_list", str(token_list), *extra])
+
+
+# ---------------------------------------------------------------------------------------
+# The Figure 2 grid
+# ---------------------------------------------------------------------------------------
+def test_grid_is_complete_and_linked_from_the_librispeech_recipe():
+    assert set(BLOCKS.glob("*.yaml")) == set(GRID.values())
+    recipe_conf = ROOT / "egs2" / "librispeech_100" / "asr1" / "conf"
+    for path in GRID.values():
+        link = recipe_conf / f"train_{path.name}"
+        assert link.is_symlink() and link.resolve() == path.resolve(), link
+
+
+@pytest.mark.parametrize("key", sorted(GRID), ids=lambda k: f"{k[0]}_block{k[1]}")
+def test_grid_config_builds_with_its_geometry(key, token_list, tmp_path):
+    method, block = key
+    path = GRID[key]
+    stats = tmp_path / "feats_stats.npz"
+    np.savez(stats, count=np.array(100.0), sum=np.zeros(80), sum_square=np.full(80, 100.0))
+    args = parse_args(path, token_list, "--normalize_conf", f"stats_file={stats}")
+    # Paper size (60 M parameters): the meta device builds the same modules without
+    # allocating or initialising their weights.
+    with torch.device("meta"):
+        model = DualModeASRTask.build_model(args)
+    enc = model.stream_encoder
+    hop = round(0.4 * block)
+    assert (enc.block_size, enc.hop_size, enc.look_ahead) == (block, hop, hop)
+    assert (len(enc.encoders), len(model.full_encoder.encoders)) == (12, 12)
+    assert model.encoder_distill == method.split("_")[0]
+    assert f"block {block} / hop {hop} /\n# look-ahead {hop}" in path.read_text()
+
+
+@pytest.mark.parametrize("key", sorted(GRID), ids=lambda k: f"{k[0]}_block{k[1]}")
+def test_grid_config_differs_from_the_paper_config_only_in_geometry(key):
+    method, block = key
+    grid = yaml.safe_load(GRID[key].read_text())
+    paper = yaml.safe_load((ROOT / "conf" / "paper" / f"joint_{method}.yaml").read_text())
+    assert {k: grid["stream_encoder_conf"][k] for k in GEOMETRY} == {
+        "block_size": block, "hop_size": round(0.4 * block), "look_ahead": round(0.4 * block)}
+    if block == 40:  # the paper's own geometry: the very same config
+        assert grid == paper
+    for conf in (grid, paper):
+        for k in GEOMETRY:
+            del conf["stream_encoder_conf"][k]
+    assert grid == paper
+
+
+# ---------------------------------------------------------------------------------------
+# Scored experiments, as stages 11-13 leave them
+# ---------------------------------------------------------------------------------------
+def corrupt(ref: dict, n_sub: int, drop: tuple = ()) -> dict:
+    """``ref`` with its first ``n_sub`` characters (in utterance order) replaced by ``ん``
+    (one substitution each) and the utterances ``drop`` left out (failed decodings)."""
+    hyp = {}
+    for utt, text in sorted(ref.items()):
+        k = min(n_sub, len(text))
+        hyp[utt] = "ん" * k + text[k:]
+        n_sub -= k
+    assert n_sub == 0
+    return {u: t for u, t in hyp.items() if u not in drop}
+
+
+def write_text(path: Path, texts: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{u} {t}\n" for u, t in sorted(texts.items())), encoding="utf-8")
+
+
+def make_experiment(root: Path, tag: str, debug_config: str, block, token_list: Path,
+                    errors: dict, drop: dict = None) -> Path:
+    """``root/exp/asr_<tag>`` with config.yaml (the debug config, with ``block`` as the
+    streaming block size unless None) and stage-13 scores of ``errors``:
+    ``{head: {set: substitutions}}``; ``drop``: ``{(head, set): utterances not decoded}``."""
+    exp = root / "exp" / f"asr_{tag}"
+    (exp / "logs").mkdir(parents=True)
+    block_opts = [] if block is None else ["--stream_encoder_conf", f"block_size={block}"]
+    args = parse_args(ROOT / "conf" / "debug" / f"{debug_config}.yaml", token_list, *block_opts)
+    with open(exp / "config.yaml", "w", encoding="utf-8") as f:
+        yaml_no_alias_safe_dump(vars(args), f, indent=4, sort_keys=False)
+    for head, per_set in errors.items():
+        for dset, n_sub in per_set.items():
+            ref = root / "dump" / "raw" / dset / "text"
+            if not ref.is_file():
+                write_text(ref, REFS[dset])
+            out = exp / INFERENCE_TAG / head / dset
+            write_text(out / "text", corrupt(REFS[dset], n_sub, (drop or {}).get((head, dset), ())))
+            with open(out / "scores.json", "w", encoding="utf-8") as f, \
+                    contextlib.redirect_stdout(f):
+                score_main(["--ref_text", str(ref), "--hyp_text", str(out / "text"),
+                            "--name", dset, "--unit", "char", "--output_dir", str(out), "--json"])
+    return exp
+
+
+# Substitutions per experiment, head and set (u2 of "test" is 10 characters long).
+ERRORS = {
+    "mse8": ("joint_mse_ed", 8, {"streaming": {"dev": 3, "test": 4},
+                                 "rnnt": {"dev": 2, "test": 3}}),
+    "sp8": ("joint_sp_ed", 8, {"streaming": {"dev": 2, "test": 3},
+                               "rnnt": {"dev": 1, "test": 2}}),
+    "mse12": ("joint_mse_ed", 12, {"streaming": {"dev": 4, "test": 5},
+                                   "rnnt": {"dev": 2, "test": 2}}),
+    "sp12": ("joint_sp_ed", 12, {"streaming": {"dev": 3, "test": 3},
+                                 "rnnt": {"dev": 1, "test": 0}}),
+}
+
+
+@pytest.fixture(scope="module")
+def grid_exps(tmp_path_factory, token_list):
+    root = tmp_path_factory.mktemp("grid")
+    return {name: make_experiment(root, name, conf, block, token_list, errors)
+            for name, (conf, block, errors) in ERRORS.items()}
+
+
+def rate(n_err: int) -> float:
+    return n_err / N_REF * 100
+
+
+def row(row_id: str, label: str, errs: dict, base: dict = None) -> str:
+    """A table row from error counts per set; base: the baseline's counts (None: baseline)."""
+    cells = []
+    for s in ("dev", "test"):
+        rel = "" if base is None else f"{(rate(base[s]) - rate(errs[s])) / rate(base[s]) * 100:.2f}"
+        cells += [f"{rate(errs[s]):.2f}", rel]
+    return f"|{row_id}|{label}|" + "|".join(cells) + "|"
+
+
+def section(text: str, heading: str) -> str:
+    """The lines of ``text`` from ``heading`` to the next heading."""
+    return text.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def test_tables_and_figure_from_scored_experiments(grid_exps, tmp_path, capsys):
+    import matplotlib.image
+
+    order = ["mse8", "sp8", "mse12", "sp12"]
+    compare_main(["--exp_dirs", *(str(grid_exps[n]) for n in order),
+                  "--test_sets", "dev", "test", "--unit", "char",
+                  "--output_dir", str(tmp_path / "cmp"), "--table2_block_size", "8",
+                  "--figure_x", "block_size"])
+    text = (tmp_path / "cmp" / "comparison.md").read_text(encoding="utf-8")
+    assert text in capsys.readouterr().out
+    errs = {n: ERRORS[n][2] for n in order}
+
+    # Table 1 layout: default names (folder without asr_), baseline = first row per mode.
+    table1 = section(text, "## Table 1 layout")
+    expected = [row("ST1", "mse8", errs["mse8"]["streaming"])]
+    expected += [row(f"ST{i}", n, errs[n]["streaming"], errs["mse8"]["streaming"])
+                 for i, n in enumerate(order[1:], 2)]
+    expected += [row("NST1", "mse8", errs["mse8"]["rnnt"])]
+    expected += [row(f"NST{i}", n, errs[n]["rnnt"], errs["mse8"]["rnnt"])
+                 for i, n in enumerate(order[1:], 2)]
+    assert [ln for ln in table1.splitlines() if re.match(r"\|N?ST\d", ln)] == expected
+    assert "|row|experiment|dev abs.|dev rel.(%)|test abs.|test rel.(%)|" in table1
+    assert "streaming rows against ST1 (mse8); full context rows against NST1 (mse8)" in table1
+    # A spot check written out: sp8 streaming on dev, 2 vs 3 errors in 15 -> 33.33 %.
+    assert "|ST2|sp8|13.33|33.33|20.00|25.00|" in table1
+
+    # Table 2 layout: block-8 experiments, rows labelled by method, mse-ED as baseline.
+    table2 = section(text, "## Table 2 layout: distillation methods at block size 8")
+    assert [ln for ln in table2.splitlines() if re.match(r"\|N?ST\d", ln)] == [
+        row("ST1", "mse-ED", errs["mse8"]["streaming"]),
+        row("ST2", "sp-ED", errs["sp8"]["streaming"], errs["mse8"]["streaming"]),
+        row("NST1", "mse-ED", errs["mse8"]["rnnt"]),
+        row("NST2", "sp-ED", errs["sp8"]["rnnt"], errs["mse8"]["rnnt"])]
+
+    png = tmp_path / "cmp" / "figure_block_size.png"
+    image = matplotlib.image.imread(png)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 200
+    assert "Figure: figure_block_size.png" in text
+
+
+def test_figure_lines_hold_the_scored_points(grid_exps):
+    """The plotted data: one line per method and mode, x = block size from config.yaml."""
+    from espnet2_dualmode.recipe.compare import figure_points, load_experiment
+
+    exps = [load_experiment(grid_exps[n], n, ["dev", "test"], "char") for n in ERRORS]
+    lines = figure_points(exps, "stream_encoder_conf.block_size")
+    head = {"streaming": "streaming", "offline": "rnnt"}
+    method = {"joint_mse_ed": "mse-ED", "joint_sp_ed": "sp-ED"}
+    assert set(lines) == {(m, mode) for m in method.values() for mode in head}
+    for (m, mode), points in lines.items():
+        expected = sorted((block, rate(errors[head[mode]]["test"]))
+                          for conf, block, errors in ERRORS.values() if method[conf] == m)
+        assert [x for x, _ in points] == [x for x, _ in expected]
+        assert [e.scores[mode, "test"].rate for _, e in points] == pytest.approx(
+            [y for _, y in expected], abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def table1_exps(tmp_path_factory, token_list):
+    """Paper Table 1 shape: a streaming-only, a full-context-only and a joint model; the
+    joint model's streaming decoding of "test" lost u2 (10 reference characters)."""
+    root = tmp_path_factory.mktemp("table1")
+    return {
+        "ctx": make_experiment(root, "ctx", "st1_context_t", 8, token_list,
+                               {"streaming": {"dev": 3, "test": 2}}),
+        "conf": make_experiment(root, "conf", "nst1_conformer_t", None, token_list,
+                                {"rnnt": {"dev": 2, "test": 3}}),
+        "joint": make_experiment(root, "joint", "joint_sp_ed", 8, token_list,
+                                 {"streaming": {"dev": 2, "test": 1},
+                                  "rnnt": {"dev": 1, "test": 1}},
+                                 drop={("streaming", "test"): ("u2",)}),
+    }
+
+
+def test_table1_baselines_per_mode_and_failed_utterances(table1_exps, tmp_path):
+    out = tmp_path / "cmp"
+    compare_main(["--exp_dirs", *(str(table1_exps[n]) for n in ("ctx", "conf", "joint")),
+                  "--names", "Context-T", "Conformer-T", "Joint", "--baseline", "Context-T",
+                  "Conformer-T", "--test_sets", "dev", "test", "--output_dir", str(out)])
+    text = (out / "comparison.md").read_text(encoding="utf-8")
+    table1 = section(text, "## Table 1 layout")
+    # Joint streaming on test: 1 substitution in u1 + 10 deletions of the lost u2.
+    joint_test = rate(11)
+    rel = (rate(2) - joint_test) / rate(2) * 100
+    assert [ln for ln in table1.splitlines() if re.match(r"\|N?ST\d", ln)] == [
+        row("ST1", "Context-T", {"dev": 3, "test": 2}),
+        f"|ST2|Joint|{rate(2):.2f}|{(rate(3) - rate(2)) / rate(3) * 100:.2f}|"
+        f"{joint_test:.2f} (1 failed)|{rel:.2f}|",
+        row("NST1", "Conformer-T", {"dev": 2, "test": 3}),
+        row("NST2", "Joint", {"dev": 1, "test": 1}, {"dev": 2, "test": 3})]
+    assert "No experiment with distillation has block size 40." in section(
+        text, "## Table 2 layout")
+
+
+def test_errors_name_the_experiment_and_file(table1_exps, grid_exps, tmp_path):
+    def fails(*argv: str) -> str:
+        with pytest.raises(SystemExit) as err:
+            compare_main([*argv, "--output_dir", str(tmp_path / "cmp")])
+        return str(err.value.code)
+
+    # A test set the joint model was never scored on.
+    broken = tmp_path / "asr_joint"
+    shutil.copytree(table1_exps["joint"], broken)
+    missing = broken / INFERENCE_TAG / "rnnt" / "test" / "scores.json"
+    missing.unlink()
+    message = fails("--exp_dirs", str(table1_exps["ctx"]), str(broken),
+                    "--test_sets", "dev", "test")
+    assert "experiment joint:" in message and str(missing) in message
+
+    # Scored in characters only, compared in words.
+    message = fails("--exp_dirs", str(grid_exps["sp8"]), "--test_sets", "dev", "--unit", "word")
+    assert "experiment sp8:" in message and "no word score" in message
+    assert str(grid_exps["sp8"] / INFERENCE_TAG / "streaming" / "dev" / "scores.json") in message
+
+    # A baseline with no full-context row.
+    message = fails("--exp_dirs", str(table1_exps["ctx"]), str(table1_exps["conf"]),
+                    "--test_sets", "dev", "--baseline", "ctx")
+    assert "no baseline for the full context rows" in message
+
+    # Two decoding folders: the caller must choose.
+    shutil.copytree(broken / INFERENCE_TAG, broken / "decode_other")
+    message = fails("--exp_dirs", str(broken), "--test_sets", "dev")
+    assert "several decoding folders" in message and "--inference_tag" in message
+
+    # Two experiments at one point of the figure.
+    message = fails("--exp_dirs", str(grid_exps["sp8"]), str(table1_exps["joint"]),
+                    "--test_sets", "dev", "--figure_x", "block_size")
+    assert "sp8 and joint both have sp-ED with stream_encoder_conf.block_size = 8" in message
+
+
+def test_help_works(capsys):
+    with pytest.raises(SystemExit) as err:
+        compare_main(["--help"])
+    assert err.value.code == 0
+    assert "--exp_dirs" in capsys.readouterr().out
