@@ -39,6 +39,7 @@ from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
+from espnet2_dualmode.decoding.transducer_search import greedy_search
 from espnet2_dualmode.encoders.contextual_block_conformer import ContextualBlockConformerEncoder
 from espnet2_dualmode.encoders.full_context_conformer import FullContextConformerEncoder
 from espnet2_dualmode.losses import mse_distill_loss, pruned_rnnt_loss, rnnt_loss, sp_kd_loss
@@ -390,8 +391,6 @@ class DualModeASRModel(AbsESPnetModel):
     def _error_rates(self, enc: EncoderOutputs, text: torch.Tensor,
                      text_lengths: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Token error rates of each head's greedy output (validation only)."""
-        from espnet2_dualmode.decoding.transducer_search import greedy_search
-
         refs = [t[:n].tolist() for t, n in zip(text, text_lengths)]
         hyps: Dict[str, List[List[int]]] = {}
         if self.online_weight > 0:

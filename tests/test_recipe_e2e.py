@@ -159,3 +159,40 @@ def test_recipe_configs_resolve_and_the_demo_config_builds(demo, tmp_path: Path)
         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "dry" / "config.yaml").is_file()
+
+
+def test_comparison_of_two_recipe_runs(demo, tmp_path: Path) -> None:
+    """A second run (mse-ED instead of sp-ED) and the comparison command over both runs:
+    Table 1/2 layouts whose numbers are the runs' own CERs, and the Figure 2 PNG."""
+    import matplotlib.image
+
+    recipe, _ = demo
+    second = run_recipe(recipe, COMMON + [
+        "--tag", "e2e_mse", "--asr_config", str(REPO / "conf" / "debug" / "joint_mse_ed.yaml"),
+        "--asr_args", "--max_epoch 1", "--decode_heads", "streaming rnnt", "--stage", "10",
+        "--measure_latency", "false"], timeout=900)
+    assert second.returncode == 0, second.stdout[-4000:]
+    ref = read_map(recipe / "dump" / "raw" / "test" / "text")
+    out = tmp_path / "compare"
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), "-m", "espnet2_dualmode.bin.compare_experiments",
+         "--exp_dirs", "exp/asr_e2e", "exp/asr_e2e_mse", "--names", "sp-run", "mse-run",
+         "--test_sets", "test", "--unit", "char", "--output_dir", str(out),
+         "--figure_x", "block_size", "--table2_block_size", "8"],
+        cwd=recipe, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "comparison.md").read_text()
+    assert "Table 1" in table and "Table 2" in table
+    for tag, name in (("e2e", "sp-run"), ("e2e_mse", "mse-run")):
+        decode = recipe / "exp" / f"asr_{tag}" / "decode_asr_asr_model_valid.loss.ave"
+        for head, mode in (("streaming", "ST"), ("rnnt", "NST")):
+            hyp = read_map(decode / head / "test" / "text")
+            failed = read_map(decode / head / "test" / "failed")
+            scored = json.loads((decode / head / "test" / "scores.json").read_text())["err_rate"]
+            # sclite's weighted alignment never counts fewer errors than Levenshtein
+            assert scored >= cer(ref, {u: h for u, h in hyp.items() if u not in failed}) - 1e-9
+            row = re.search(rf"^\|{mode}\d\|{name}\|([0-9.]+)", table, flags=re.M)
+            assert row, (mode, name, table)
+            assert float(row.group(1)) == pytest.approx(scored, abs=0.006), (mode, name)
+    image = matplotlib.image.imread(out / "figure_block_size.png")
+    assert image.shape[0] > 100 and image.shape[1] > 100

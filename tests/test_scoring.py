@@ -19,7 +19,6 @@ import logging
 import math
 import random
 import re
-import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
-from typing import Callable, Collection, Dict, List, Optional, Tuple
+from typing import Collection, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch

@@ -5,7 +5,7 @@
 #   ./run.sh [--corpus_size tiny|small|full] [dualmode_asr.sh options, e.g. --stage 11]
 set -euo pipefail
 
-corpus_size=small      # tiny: 24/4/4 utterances (CI), small: 1000/100/100, full: 3000/200/200
+corpus_size=small      # tiny: 24/4/4 utterances (CI), small: 2000/100/100, full: 3000/200/200
 args=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -16,7 +16,7 @@ while [ $# -gt 0 ]; do
 done
 case "${corpus_size}" in
     tiny) sizes="--num_train 24 --num_dev 4 --num_test 4" ;;
-    small) sizes="--num_train 1000 --num_dev 100 --num_test 100" ;;
+    small) sizes="--num_train 2000 --num_dev 100 --num_test 100" ;;
     full) sizes="--num_train 3000 --num_dev 200 --num_test 200" ;;
     *) echo "$0: --corpus_size must be tiny, small or full, got '${corpus_size}'" >&2; exit 2 ;;
 esac
@@ -32,5 +32,5 @@ esac
     --token_type char \
     --asr_config conf/train_joint_sp_ed_small.yaml \
     --inference_config conf/decode_asr.yaml \
-    --decode_heads "streaming rnnt ctc attention maskctc" \
+    --decode_heads "streaming rnnt ctc attention maskctc joint" \
     "${args[@]}"
