@@ -8,10 +8,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from typing import List, Optional
 
+from espnet2_dualmode.recipe.cli import run
 from espnet2_dualmode.datasets.csj import CSJ_VERSIONS, SUBSETS, prepare_csj
 
 
@@ -39,13 +38,9 @@ def get_parser() -> argparse.ArgumentParser:
 def main(cmd: Optional[List[str]] = None) -> None:
     """Run the preparation; a corpus problem exits with status 1 and its message."""
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
-    try:
-        prepare_csj(args.csj_root, args.csj_version, args.out, subset=args.subset,
-                    train_dev_size=args.train_dev_size, dup_cap=args.dup_cap)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"csj_data_prep: error: {err}")
+    run("csj_data_prep", lambda: prepare_csj(
+        args.csj_root, args.csj_version, args.out, subset=args.subset,
+        train_dev_size=args.train_dev_size, dup_cap=args.dup_cap))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from typing import List, Optional
 
+from espnet2_dualmode.recipe.cli import run
 from espnet2_dualmode.datasets.librispeech import prepare_librispeech
 
 
@@ -34,12 +33,8 @@ def get_parser() -> argparse.ArgumentParser:
 def main(cmd: Optional[List[str]] = None) -> None:
     """Run the preparation; a corpus problem exits with status 1 and its message."""
     args = get_parser().parse_args(cmd)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
-    try:
-        prepare_librispeech(args.corpus_root, args.out, download=args.download)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"librispeech_data_prep: error: {err}")
+    run("librispeech_data_prep", lambda: prepare_librispeech(
+        args.corpus_root, args.out, download=args.download))
 
 
 if __name__ == "__main__":
