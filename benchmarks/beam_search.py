@@ -24,12 +24,19 @@ synthetic models (``--model``):
   reports how many planted sequences our search recovers.
 * ``random``: random weights, output weights scaled by ``--logit-scale`` and
   ``--blank-bias`` added to the blank logit (default log(V) + 2).
+* ``trained``: the RNN-T head (``--head rnnt`` offline or ``streaming``) of a trained run
+  (``--exp``: its config.yaml and ``--model-file``) on the encoder outputs of a data dir's
+  utterances (``--data``: wav.scp and text); both searches' CERs against the references
+  are printed. ``--vocab`` is ignored (the run's vocabulary is used).
 
 The script prints the mean hypothesis length and how many 1-best results of the two
 searches agree (they are different algorithms), then the speed ratio (ESPnet time / our
 time) last. One warm-up call of each search is not timed.
 
 Usage: ``python benchmarks/beam_search.py [--vocab 300 3262] [--utts 20] [--frames 150]``
+       ``cd egs2/demo_ja/asr1 && python ../../../benchmarks/beam_search.py --model trained
+       --exp exp/RUN --data dump/raw/test`` (from the recipe directory: a run's config.yaml
+       names its statistics file relative to it)
 """
 
 from __future__ import annotations
@@ -40,14 +47,19 @@ import math
 import os
 import platform
 import time
+from pathlib import Path
 from typing import List, Optional
 
+import editdistance
 import torch
 from espnet2.asr.decoder.transducer_decoder import TransducerDecoder
 from espnet2.asr.transducer.beam_search_transducer import BeamSearchTransducer
 from espnet2.asr_transducer.joint_network import JointNetwork
 
+from espnet2_dualmode.datasets.kaldi_dir import read_kaldi_map
 from espnet2_dualmode.decoding.transducer_search import TransducerSearch
+from espnet2_dualmode.inference.datadir import DecodeList
+from espnet2_dualmode.inference.model_io import load_model, sample_rate
 
 
 def random_model(vocab: int, args: argparse.Namespace, gen: torch.Generator):
@@ -59,7 +71,8 @@ def random_model(vocab: int, args: argparse.Namespace, gen: torch.Generator):
     with torch.no_grad():
         joint.lin_out.weight.mul_(args.logit_scale)
         joint.lin_out.bias[decoder.blank_id] += bias
-    return decoder, joint, torch.randn(args.utts, args.frames, args.dim, generator=gen), None
+    enc = torch.randn(args.utts, args.frames, args.dim, generator=gen)
+    return decoder, joint, enc, torch.full((args.utts,), args.frames), None
 
 
 def structured_model(vocab: int, args: argparse.Namespace, gen: torch.Generator):
@@ -110,15 +123,44 @@ def structured_model(vocab: int, args: argparse.Namespace, gen: torch.Generator)
             tokens.append(token)
             last = token
         planted.append(tokens)
-    return decoder, joint, frames + 0.01 * torch.randn(frames.shape, generator=gen), planted
+    enc = frames + 0.01 * torch.randn(frames.shape, generator=gen)
+    return decoder, joint, enc, torch.full((args.utts,), args.frames), planted
+
+
+def trained_model(args: argparse.Namespace):
+    """A trained run's RNN-T head and the encoder outputs of ``--data``'s first ``--utts``
+    utterances; the reference token ids play the role of the planted sequences."""
+    exp = Path(args.exp)
+    model, train_args = load_model(exp / "config.yaml", exp / args.model_file)
+    data = Path(args.data)
+    utts = DecodeList(str(data / "wav.scp"), "sound")
+    texts = read_kaldi_map(data / "text")
+    token_id = {t: i for i, t in enumerate(train_args.token_list)}
+    unk = token_id["<unk>"]
+    encoded, refs = [], []
+    with torch.no_grad():
+        for key in utts.keys[: args.utts]:
+            wav = torch.from_numpy(utts.load(key, sample_rate(train_args), 0))[None]
+            stream, full, _ = model.encode(wav, torch.tensor([wav.size(1)]))
+            encoded.append((stream if args.head == "streaming" else full)[0])
+            refs.append([token_id.get(c, unk) for c in texts[key].replace(" ", "")])
+    lens = torch.tensor([e.size(0) for e in encoded])
+    enc = torch.nn.utils.rnn.pad_sequence(encoded, batch_first=True)
+    if args.head == "streaming":
+        return model.stream_decoder, model.stream_joint, enc, lens, refs
+    return model.rnnt_decoder, model.rnnt_joint, enc, lens, refs
 
 
 def bench_vocab(vocab: int, args: argparse.Namespace) -> float:
     """Decode with both searches; print the measurements and return ESPnet / ours time."""
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    build = structured_model if args.model == "structured" else random_model
-    decoder, joint, enc, planted = build(vocab, args, gen)
+    if args.model == "trained":
+        decoder, joint, enc, lens, planted = trained_model(args)
+        vocab, args.utts = joint.lin_out.out_features, enc.size(0)
+    else:
+        build = structured_model if args.model == "structured" else random_model
+        decoder, joint, enc, lens, planted = build(vocab, args, gen)
     ours = TransducerSearch(decoder, joint, beam_size=args.beam, score_norm=True)
     espnet = BeamSearchTransducer(decoder, joint, beam_size=args.beam, search_type="default",
                                   score_norm=True)
@@ -126,23 +168,29 @@ def bench_vocab(vocab: int, args: argparse.Namespace) -> float:
         ours(enc[:1, :5])  # warm-up
         espnet(enc[0, :5])
         begin = time.perf_counter()
-        our_hyps = [nbest[0].tokens for nbest in ours(enc)]
+        our_hyps = [nbest[0].tokens for nbest in ours(enc, lens)]
         our_time = time.perf_counter() - begin
         begin = time.perf_counter()
-        ref_hyps = [list(espnet(enc[b])[0].yseq[1:]) for b in range(args.utts)]
+        ref_hyps = [list(espnet(enc[b, : lens[b]])[0].yseq[1:]) for b in range(args.utts)]
         ref_time = time.perf_counter() - begin
 
     agree = sum(a == b for a, b in zip(our_hyps, ref_hyps))
     print(f"V={vocab} ({args.model} model): mean 1-best length "
           f"{sum(map(len, our_hyps)) / args.utts:.1f} tokens, 1-best agreement ours/ESPnet "
           f"{agree}/{args.utts}")
-    if planted is not None:
+    if args.model == "trained":
+        chars = sum(map(len, planted))
+        for name, hyps in (("ours", our_hyps), ("ESPnet", ref_hyps)):
+            errors = sum(editdistance.eval(h, r) for h, r in zip(hyps, planted))
+            print(f"{args.head} RNN-T, {name}: CER {100.0 * errors / chars:.1f}% "
+                  f"({errors} errors / {chars} characters)")
+    elif planted is not None:
         ours_ok = sum(h == p for h, p in zip(our_hyps, planted))
         ref_ok = sum(h == p for h, p in zip(ref_hyps, planted))
         print(f"V={vocab}: planted token sequences (mean {sum(map(len, planted)) / args.utts:.1f}"
               f" tokens) recovered: ours {ours_ok}/{args.utts}, ESPnet {ref_ok}/{args.utts}")
     print(f"V={vocab}: ours {our_time:.2f} s, ESPnet default {ref_time:.2f} s "
-          f"({args.utts} utterances x {args.frames} frames, beam {args.beam})")
+          f"({args.utts} utterances, {int(lens.sum())} frames, beam {args.beam})")
     return ref_time / our_time
 
 
@@ -152,7 +200,14 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--utts", type=int, default=20)
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--beam", type=int, default=10)
-    parser.add_argument("--model", choices=("structured", "random"), default="structured")
+    parser.add_argument("--model", choices=("structured", "random", "trained"),
+                        default="structured")
+    parser.add_argument("--exp", help="trained model: the run's directory (config.yaml)")
+    parser.add_argument("--model-file", default="valid.loss.ave.pth",
+                        help="trained model: the weights, relative to --exp")
+    parser.add_argument("--data", help="trained model: data dir with wav.scp and text")
+    parser.add_argument("--head", choices=("rnnt", "streaming"), default="rnnt",
+                        help="trained model: the offline or the streaming RNN-T")
     parser.add_argument("--dim", type=int, default=256, help="encoder and prediction dims")
     parser.add_argument("--joint-dim", type=int, default=320)
     parser.add_argument("--token-rate", type=float, default=0.25,
@@ -167,6 +222,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
+    if args.model == "trained":
+        if args.exp is None or args.data is None:
+            raise SystemExit("--model trained needs --exp and --data")
+        args.vocab = [0]  # one run, its own vocabulary
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     logging.info("machine: %s, %d CPUs, Python %s, torch %s, 1 thread; load average %s",
@@ -176,7 +235,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
     ratios = {vocab: bench_vocab(vocab, args) for vocab in args.vocab}
     logging.info("load average after: %s", "/".join(f"{x:.2f}" for x in os.getloadavg()))
     for vocab, ratio in ratios.items():
-        print(f"speed ratio ESPnet default / ours, V={vocab}: {ratio:.1f}x (target >= 10x)")
+        label = f"{args.head} RNN-T of {args.exp}" if args.model == "trained" else f"V={vocab}"
+        print(f"speed ratio ESPnet default / ours, {label}: {ratio:.1f}x (target >= 10x)")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ computed in one named place:
 - Eq. (10)-(12) sp-KD -> :func:`espnet2_dualmode.losses.sp_kd_loss` (sp-ED, sp-DD; mse-ED baseline)
 - Eq. (13) L = lambda_onl L_onl + lambda_off L_off + lambda_dist L_dist -> :meth:`forward`
 
+Not in the paper, off by default: an auxiliary CTC loss on H_st (``stream_ctc_weight``,
+as ESPnet's transducer ``auxiliary_ctc_weight``), added to Eq. (13). Short CPU runs need it:
+without a CTC term on the streaming encoder, RNN-T and attention losses first learn the
+label prior and the encoders stay input-independent for the first thousand updates.
+
 The paper's baselines are configurations of the same class: standalone Context-T
 (streaming encoder + streaming RNN-T only), standalone Conformer-T (full-context encoder
 reading features + offline RNN-T only) and cascaded encoders with one shared RNN-T
@@ -67,10 +72,12 @@ class DualModeASRModel(AbsESPnetModel):
         stream_decoder, stream_joint: streaming RNN-T prediction and joint networks.
         rnnt_decoder, rnnt_joint: offline RNN-T (None with ``shared_rnnt``).
         ctc, att_decoder, mlm_decoder: the other offline heads (None: absent).
+        stream_ctc: auxiliary CTC head on H_st (None: absent).
         online_weight: lambda_onl of Eq. (13).
         offline_weight: lambda_off of Eq. (13).
         ctc_weight, rnnt_weight, att_weight, mlm_weight: Eq. (9) weights.
         distill_weight: lambda_dist of Eq. (13).
+        stream_ctc_weight: weight of the auxiliary streaming CTC loss (not in the paper).
         encoder_distill: "sp" (sp-ED), "mse" (mse-ED) or None.
         encoder_distill_layers: (teacher layer, student layer) pairs, indices into the
             full-context and streaming encoder layers (negative from the end); the set
@@ -104,6 +111,7 @@ class DualModeASRModel(AbsESPnetModel):
         ctc: Optional[CTC],
         att_decoder: Optional[AbsDecoder],
         mlm_decoder: Optional[AbsDecoder],
+        stream_ctc: Optional[CTC] = None,
         online_weight: float = 1.0,
         offline_weight: float = 1.0,
         ctc_weight: float = 0.15,
@@ -111,6 +119,7 @@ class DualModeASRModel(AbsESPnetModel):
         att_weight: float = 0.30,
         mlm_weight: float = 0.45,
         distill_weight: float = 3000.0,
+        stream_ctc_weight: float = 0.0,
         encoder_distill: Optional[str] = None,
         encoder_distill_layers: Sequence[Sequence[int]] = ((-1, -1),),
         decoder_distill: Optional[str] = None,
@@ -139,6 +148,7 @@ class DualModeASRModel(AbsESPnetModel):
         self.offline_weights = {"ctc": ctc_weight, "rnnt": rnnt_weight,
                                 "att": att_weight, "mlm": mlm_weight}
         self.distill_weight = distill_weight
+        self.stream_ctc, self.stream_ctc_weight = stream_ctc, stream_ctc_weight
         self.encoder_distill = encoder_distill
         self.encoder_distill_layers = [tuple(p) for p in encoder_distill_layers]
         self.decoder_distill = decoder_distill
@@ -168,6 +178,10 @@ class DualModeASRModel(AbsESPnetModel):
                 errors.append(f"{name}_weight > 0 needs full_encoder and the {name} head")
             if weight == 0 and head is not None and not (name == "rnnt" and self.shared_rnnt):
                 errors.append(f"the {name} head is configured but its weight is 0")
+        if (self.stream_ctc_weight > 0) != (self.stream_ctc is not None):
+            errors.append("stream_ctc_weight > 0 and the stream_ctc head go together")
+        if self.stream_ctc is not None and self.stream_encoder is None:
+            errors.append("stream_ctc needs stream_encoder")
         if self.shared_rnnt and self.rnnt_decoder is not None:
             errors.append("shared_rnnt uses the streaming RNN-T for both paths; "
                           "do not configure rnnt_decoder")
@@ -255,6 +269,10 @@ class DualModeASRModel(AbsESPnetModel):
                 self.stream_decoder, self.stream_joint, enc.stream, enc.lengths, text, text_lengths)
             loss = loss + self.online_weight * loss_onl
             stats["loss_onl"] = loss_onl.detach()
+        if self.stream_ctc is not None:
+            loss_stream_ctc = self.stream_ctc(enc.stream, enc.lengths, text, text_lengths)
+            loss = loss + self.stream_ctc_weight * loss_stream_ctc
+            stats["loss_stream_ctc"] = loss_stream_ctc.detach()
 
         # Eq. (5)-(9): offline heads on H_te.
         if enc.full is not None and self.offline_weight > 0:
@@ -402,14 +420,16 @@ class DualModeASRModel(AbsESPnetModel):
                 joint = self.stream_joint if self.shared_rnnt else self.rnnt_joint
                 hyps["rnnt"] = [h.tokens for h in greedy_search(decoder, joint, enc.full, enc.lengths)]
             if self.ctc is not None:
-                best = self.ctc.argmax(enc.full)
-                hyps["ctc"] = [
-                    [int(tok) for j, tok in enumerate(seq[:n]) if tok != self.blank_id
-                     and (j == 0 or tok != seq[j - 1])]
-                    for seq, n in zip(best.tolist(), enc.lengths.tolist())
-                ]
+                hyps["ctc"] = self._ctc_greedy(self.ctc, enc.full, enc.lengths)
+        if self.stream_ctc is not None:
+            hyps["stream_ctc"] = self._ctc_greedy(self.stream_ctc, enc.stream, enc.lengths)
         n_ref = max(1, sum(len(r) for r in refs))
         return {f"cer_{name}": torch.tensor(sum(editdistance.eval(h, r) for h, r in zip(hs, refs)) / n_ref)
                 for name, hs in hyps.items()}
 
-
+    def _ctc_greedy(self, ctc: CTC, enc_out: torch.Tensor, lengths: torch.Tensor) -> List[List[int]]:
+        """Best path of ``ctc`` with repeats merged and blanks removed."""
+        best = ctc.argmax(enc_out)
+        return [[int(tok) for j, tok in enumerate(seq[:n])
+                 if tok != self.blank_id and (j == 0 or tok != seq[j - 1])]
+                for seq, n in zip(best.tolist(), lengths.tolist())]

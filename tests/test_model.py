@@ -163,6 +163,45 @@ def test_encode_returns_both_paths(token_list):
     assert int(out_lens.max()) == stream.shape[1]
 
 
+def build_with_stream_ctc(token_list: Path, weight: float):
+    argv = ["--config", str(DEBUG["joint"]), "--token_list", str(token_list), "--stream_ctc", "ctc"]
+    args = DualModeASRTask.get_parser().parse_args(argv)
+    args.model_conf["stream_ctc_weight"] = weight
+    torch.manual_seed(0)
+    return DualModeASRTask.build_model(args)
+
+
+def test_stream_ctc_adds_a_ctc_term_on_the_streaming_encoder(token_list):
+    model = build_with_stream_ctc(token_list, 0.5).eval()
+    speech, lengths, text, text_lengths = batch()
+    with torch.no_grad():
+        loss, stats, _ = model(speech, lengths, text, text_lengths)
+        enc = model.encode_layers(speech, lengths)
+        # Reference: torch's CTC on the head's log-probs, summed per utterance, batch mean.
+        logp = model.stream_ctc.log_softmax(enc.stream).transpose(0, 1)
+        ref = torch.nn.functional.ctc_loss(logp, text.clamp(min=0), enc.lengths, text_lengths,
+                                           reduction="sum", zero_infinity=True) / 3
+    assert abs(float(stats["loss_stream_ctc"]) - float(ref)) < 1e-4 * float(ref)
+    assert "cer_stream_ctc" in stats
+    # The total is the paper's Eq. (13) plus 0.5 x the streaming CTC term.
+    paper = build(DEBUG["joint"], token_list).eval()
+    paper.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.startswith("stream_ctc.")})
+    with torch.no_grad():
+        torch.manual_seed(1), np.random.seed(1)
+        loss_paper, _, _ = paper(speech, lengths, text, text_lengths)
+        torch.manual_seed(1), np.random.seed(1)
+        loss, _, _ = model(speech, lengths, text, text_lengths)
+    assert abs(float(loss - loss_paper) - 0.5 * float(ref)) < 1e-3 * float(ref)
+
+
+def test_stream_ctc_head_and_weight_go_together(token_list):
+    with pytest.raises(ValueError, match="stream_ctc_weight > 0 and the stream_ctc head"):
+        build_with_stream_ctc(token_list, 0.0)
+    with pytest.raises(ValueError, match="stream_ctc_weight > 0 and the stream_ctc head"):
+        build(DEBUG["joint"], token_list, stream_ctc_weight=0.3)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(ctc_weight=0.0), "ctc head is configured but its weight is 0"),
     (dict(encoder_distill="kl"), "encoder_distill must be sp, mse or null"),

@@ -140,6 +140,9 @@ class DualModeASRTask(ASRTask):
         group = parser.add_argument_group(description="Dual-mode model")
         group.add_argument("--ctc", type=str_or_none, default="ctc", choices=["ctc", None],
                            help="offline CTC head (none: absent); its options are --ctc_conf")
+        group.add_argument("--stream_ctc", type=str_or_none, default=None, choices=["ctc", None],
+                           help="auxiliary CTC head on the streaming encoder (not in the paper; "
+                                "weighted by model_conf.stream_ctc_weight); options --ctc_conf")
         group.add_argument("--stream_joint_net_conf", action=NestedDictAction, default=None,
                            help="JointNetwork options of the streaming RNN-T "
                                 "(--joint_net_conf is the offline one)")
@@ -184,6 +187,10 @@ class DualModeASRTask(ASRTask):
                                     args.stream_decoder_conf, vocab_size=vocab_size)
             stream_joint = JointNetwork(vocab_size, stream_encoder.output_size(),
                                         stream_decoder.dunits, **(args.stream_joint_net_conf or {}))
+        stream_ctc = None  # configs written before --stream_ctc existed lack the key
+        if stream_encoder is not None and getattr(args, "stream_ctc", None) is not None:
+            stream_ctc = CTC(odim=vocab_size, encoder_output_size=stream_encoder.output_size(),
+                             **args.ctc_conf)
         rnnt_decoder = rnnt_joint = ctc = att_decoder = mlm_decoder = None
         if full_encoder is not None:
             enc_size = full_encoder.output_size()
@@ -205,7 +212,7 @@ class DualModeASRTask(ASRTask):
             normalize=normalize, stream_encoder=stream_encoder, full_encoder=full_encoder,
             stream_decoder=stream_decoder, stream_joint=stream_joint, rnnt_decoder=rnnt_decoder,
             rnnt_joint=rnnt_joint, ctc=ctc, att_decoder=att_decoder, mlm_decoder=mlm_decoder,
-            **args.model_conf,
+            stream_ctc=stream_ctc, **args.model_conf,
         )
         if args.init is not None:
             initialize(model, args.init)
