@@ -5,7 +5,10 @@ Adam step on the same batch (B=8 utterances of 6 s, 40 tokens each, V=3262), pap
 built with our task. Prints median step times, peak RSS and, last, the ratio
 joint / (Context-T + Conformer-T); the target is <= 1.0.
 
-    python benchmarks/joint_step.py [--threads 2] [--steps 3]
+    python benchmarks/joint_step.py [--threads 2] [--steps 3] [--rnnt-loss-type full|pruned]
+
+``--rnnt-loss-type`` sets model_conf.rnnt_loss_type of all three models (default: full, as
+the paper configs).
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import time
 MODELS = ("joint_sp_ed", "st1_context_t", "nst1_conformer_t")
 
 
-def run_one(name: str, steps: int, threads: int, batch: int, seconds: float, tokens: int) -> dict:
+def run_one(name: str, steps: int, threads: int, batch: int, seconds: float, tokens: int,
+            rnnt_loss_type: str) -> dict:
     import torch
 
     from common import build_paper_model, peak_rss_gib
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model, _ = build_paper_model(name)
+    model, _ = build_paper_model(name, rnnt_loss_type=rnnt_loss_type)
     model.train()
     speech = torch.randn(batch, int(16000 * seconds))
     lengths = torch.full((batch,), speech.size(1))
@@ -53,16 +57,19 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--tokens", type=int, default=40)
+    p.add_argument("--rnnt-loss-type", choices=("full", "pruned"), default="full")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        print(json.dumps(run_one(a.one, a.steps, a.threads, a.batch, a.seconds, a.tokens)))
+        print(json.dumps(run_one(a.one, a.steps, a.threads, a.batch, a.seconds, a.tokens,
+                                 a.rnnt_loss_type)))
         return
     rows = {}
     for name in MODELS:
         out = subprocess.run([sys.executable, __file__, "--one", name, "--threads", str(a.threads),
                               "--steps", str(a.steps), "--batch", str(a.batch),
-                              "--seconds", str(a.seconds), "--tokens", str(a.tokens)],
+                              "--seconds", str(a.seconds), "--tokens", str(a.tokens),
+                              "--rnnt-loss-type", a.rnnt_loss_type],
                              capture_output=True, text=True, check=True)
         rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
         r = rows[name]
