@@ -10,10 +10,13 @@ computed in one named place:
 - Eq. (10)-(12) sp-KD -> :func:`espnet2_dualmode.losses.sp_kd_loss` (sp-ED, sp-DD; mse-ED baseline)
 - Eq. (13) L = lambda_onl L_onl + lambda_off L_off + lambda_dist L_dist -> :meth:`forward`
 
-Not in the paper, off by default: an auxiliary CTC loss on H_st (``stream_ctc_weight``,
-as ESPnet's transducer ``auxiliary_ctc_weight``), added to Eq. (13). Short CPU runs need it:
-without a CTC term on the streaming encoder, RNN-T and attention losses first learn the
-label prior and the encoders stay input-independent for the first thousand updates.
+Not in the paper, both off by default, for short CPU runs (the demo): without a CTC term on
+the streaming encoder, RNN-T and attention losses first learn the label prior and the
+encoders stay nearly input-independent for the first thousand updates.
+- an auxiliary CTC loss on H_st (``stream_ctc_weight``, as ESPnet's transducer
+  ``auxiliary_ctc_weight``), added to Eq. (13);
+- a CTC warm-up (``ctc_warmup_iters``): the first training iterations optimise only the CTC
+  losses (streaming auxiliary + offline, weight 1 each) -> :meth:`_ctc_warmup_loss`.
 
 The paper's baselines are configurations of the same class: standalone Context-T
 (streaming encoder + streaming RNN-T only), standalone Conformer-T (full-context encoder
@@ -78,6 +81,9 @@ class DualModeASRModel(AbsESPnetModel):
         ctc_weight, rnnt_weight, att_weight, mlm_weight: Eq. (9) weights.
         distill_weight: lambda_dist of Eq. (13).
         stream_ctc_weight: weight of the auxiliary streaming CTC loss (not in the paper).
+        ctc_warmup_iters: number of first training iterations (forward calls in training
+            mode) that optimise only the CTC losses (not in the paper; 0: off). The count
+            is a buffer of the model, so a resumed run continues it.
         encoder_distill: "sp" (sp-ED), "mse" (mse-ED) or None.
         encoder_distill_layers: (teacher layer, student layer) pairs, indices into the
             full-context and streaming encoder layers (negative from the end); the set
@@ -120,6 +126,7 @@ class DualModeASRModel(AbsESPnetModel):
         mlm_weight: float = 0.45,
         distill_weight: float = 3000.0,
         stream_ctc_weight: float = 0.0,
+        ctc_warmup_iters: int = 0,
         encoder_distill: Optional[str] = None,
         encoder_distill_layers: Sequence[Sequence[int]] = ((-1, -1),),
         decoder_distill: Optional[str] = None,
@@ -149,6 +156,9 @@ class DualModeASRModel(AbsESPnetModel):
                                 "att": att_weight, "mlm": mlm_weight}
         self.distill_weight = distill_weight
         self.stream_ctc, self.stream_ctc_weight = stream_ctc, stream_ctc_weight
+        self.ctc_warmup_iters = ctc_warmup_iters
+        if ctc_warmup_iters > 0:  # only then: checkpoints of other runs keep their keys
+            self.register_buffer("train_iters", torch.zeros((), dtype=torch.long))
         self.encoder_distill = encoder_distill
         self.encoder_distill_layers = [tuple(p) for p in encoder_distill_layers]
         self.decoder_distill = decoder_distill
@@ -182,6 +192,10 @@ class DualModeASRModel(AbsESPnetModel):
             errors.append("stream_ctc_weight > 0 and the stream_ctc head go together")
         if self.stream_ctc is not None and self.stream_encoder is None:
             errors.append("stream_ctc needs stream_encoder")
+        if self.ctc_warmup_iters < 0:
+            errors.append(f"ctc_warmup_iters must be >= 0, not {self.ctc_warmup_iters}")
+        if self.ctc_warmup_iters > 0 and self.ctc is None and self.stream_ctc is None:
+            errors.append("ctc_warmup_iters > 0 needs the ctc or the stream_ctc head")
         if self.shared_rnnt and self.rnnt_decoder is not None:
             errors.append("shared_rnnt uses the streaming RNN-T for both paths; "
                           "do not configure rnnt_decoder")
@@ -259,6 +273,10 @@ class DualModeASRModel(AbsESPnetModel):
         text = text[:, : text_lengths.max()]
         self._check_tokens(text, text_lengths)
         enc = self.encode_layers(speech, speech_lengths)
+        if self._ctc_warmup_step():
+            loss, stats = self._ctc_warmup_loss(enc, text, text_lengths)
+            loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
+            return loss, stats, weight
         stats: Dict[str, Optional[torch.Tensor]] = {}
         loss = speech.new_zeros(())
 
@@ -322,6 +340,29 @@ class DualModeASRModel(AbsESPnetModel):
         stats["loss"] = loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return loss, stats, weight
+
+    def _ctc_warmup_step(self) -> bool:
+        """Counts training iterations; True while the CTC warm-up lasts."""
+        if not self.training or self.ctc_warmup_iters == 0:
+            return False
+        if int(self.train_iters) >= self.ctc_warmup_iters:
+            return False
+        self.train_iters += 1
+        return True
+
+    def _ctc_warmup_loss(self, enc: EncoderOutputs, text: torch.Tensor, text_lengths: torch.Tensor
+                         ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Warm-up objective: the sum of the CTC losses on H_st (auxiliary) and H_te."""
+        loss, stats = enc.lengths.new_zeros((), dtype=torch.float), {}
+        if self.stream_ctc is not None:
+            stats["loss_stream_ctc"] = self.stream_ctc(enc.stream, enc.lengths, text, text_lengths)
+            loss = loss + stats["loss_stream_ctc"]
+        if self.ctc is not None and enc.full is not None:
+            stats["loss_ctc"] = self.ctc(enc.full, enc.lengths, text, text_lengths)
+            loss = loss + stats["loss_ctc"]
+        stats = {k: v.detach() for k, v in stats.items()}
+        stats["loss"] = loss.detach()
+        return loss, stats
 
     def _check_tokens(self, text: torch.Tensor, text_lengths: torch.Tensor) -> None:
         valid = torch.arange(text.size(1), device=text.device) < text_lengths.unsqueeze(1)

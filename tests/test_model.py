@@ -195,11 +195,42 @@ def test_stream_ctc_adds_a_ctc_term_on_the_streaming_encoder(token_list):
     assert abs(float(loss - loss_paper) - 0.5 * float(ref)) < 1e-3 * float(ref)
 
 
+def test_ctc_warmup_trains_only_the_ctc_losses_for_its_iterations(token_list):
+    argv = ["--config", str(DEBUG["joint"]), "--token_list", str(token_list), "--stream_ctc", "ctc"]
+    args = DualModeASRTask.get_parser().parse_args(argv)
+    args.model_conf.update(stream_ctc_weight=0.5, ctc_warmup_iters=2)
+    model = DualModeASRTask.build_model(args)
+    speech, lengths, text, text_lengths = batch()
+    model.eval()
+    with torch.no_grad():  # validation: the whole objective, and it does not count
+        _, stats, _ = model(speech, lengths, text, text_lengths)
+    assert "loss_att" in stats and int(model.train_iters) == 0
+    model.train()
+    for step in (1, 2):
+        model.zero_grad()
+        loss, stats, _ = model(speech, lengths, text, text_lengths)
+        assert set(stats) == {"loss", "loss_ctc", "loss_stream_ctc"}
+        assert float(loss) == pytest.approx(float(stats["loss_ctc"] + stats["loss_stream_ctc"]))
+        loss.backward()
+        assert grads(model.stream_ctc) > 0 and grads(model.ctc) > 0 and grads(model.stream_encoder) > 0
+        assert grads(model.att_decoder) == grads(model.stream_decoder) == 0
+        assert int(model.train_iters) == step
+    resumed = DualModeASRTask.build_model(args)
+    resumed.load_state_dict(model.state_dict())  # the count travels with checkpoints
+    resumed.train()
+    _, stats, _ = resumed(speech, lengths, text, text_lengths)
+    assert {"loss_att", "loss_onl", "loss_stream_ctc"} <= set(stats)
+    # without a warm-up the model has no counter, so older checkpoints load strictly
+    assert "train_iters" not in build(DEBUG["joint"], token_list).state_dict()
+
+
 def test_stream_ctc_head_and_weight_go_together(token_list):
     with pytest.raises(ValueError, match="stream_ctc_weight > 0 and the stream_ctc head"):
         build_with_stream_ctc(token_list, 0.0)
     with pytest.raises(ValueError, match="stream_ctc_weight > 0 and the stream_ctc head"):
         build(DEBUG["joint"], token_list, stream_ctc_weight=0.3)
+    with pytest.raises(ValueError, match="ctc_warmup_iters > 0 needs the ctc or the stream_ctc"):
+        build(DEBUG["nst1_conformer_t"], token_list, ctc_warmup_iters=5)
 
 
 @pytest.mark.parametrize("change, message", [
