@@ -1,18 +1,18 @@
 """Benchmark: our batched RNN-T beam search vs ESPnet's ``BeamSearchTransducer`` (CPU).
 
-Both decode the same encoder outputs with the same random prediction network (1-layer
-LSTM) and ``JointNetwork``, beam 10, on one thread:
+Both decode the same encoder outputs with the same prediction network (1-layer LSTM) and
+``JointNetwork``, beam 10, on one thread:
 
 * ours: ``espnet2_dualmode.decoding.transducer_search.TransducerSearch(beam_size=10,
-  max_sym_per_frame=2, score_norm=True)``, all utterances in one batch (time-synchronous
-  decoding, as ESPnet's ``search_type="tsd"``);
+  max_sym_per_frame=2, score_norm=True)`` (``--max-sym`` sets the symbols per frame), all
+  utterances in one batch (time-synchronous decoding, as ESPnet's ``search_type="tsd"``);
 * ESPnet: ``BeamSearchTransducer(beam_size=10, search_type="default", score_norm=True)``
   (the search of ESPnet's ``decode_transducer.yaml``), one utterance at a time, as
   ``espnet2/bin/asr_inference.py`` runs it.
 
 The cost of both searches depends on how peaked and how ambiguous the network's outputs
-are, and a random network's outputs are nearly uniform, unlike a trained one's. Two
-synthetic models (``--model``):
+are, and a random network's outputs are nearly uniform, unlike a trained one's. The
+models (``--model``):
 
 * ``structured`` (default): weights set by hand so that the network behaves like a
   trained one on planted token sequences. Every label v has a random unit vector E[v];
@@ -161,7 +161,8 @@ def bench_vocab(vocab: int, args: argparse.Namespace) -> float:
     else:
         build = structured_model if args.model == "structured" else random_model
         decoder, joint, enc, lens, planted = build(vocab, args, gen)
-    ours = TransducerSearch(decoder, joint, beam_size=args.beam, score_norm=True)
+    ours = TransducerSearch(decoder, joint, beam_size=args.beam,
+                            max_sym_per_frame=args.max_sym, score_norm=True)
     espnet = BeamSearchTransducer(decoder, joint, beam_size=args.beam, search_type="default",
                                   score_norm=True)
     with torch.no_grad():
@@ -190,7 +191,8 @@ def bench_vocab(vocab: int, args: argparse.Namespace) -> float:
         print(f"V={vocab}: planted token sequences (mean {sum(map(len, planted)) / args.utts:.1f}"
               f" tokens) recovered: ours {ours_ok}/{args.utts}, ESPnet {ref_ok}/{args.utts}")
     print(f"V={vocab}: ours {our_time:.2f} s, ESPnet default {ref_time:.2f} s "
-          f"({args.utts} utterances, {int(lens.sum())} frames, beam {args.beam})")
+          f"({args.utts} utterances, {int(lens.sum())} frames, beam {args.beam}, "
+          f"ours with {args.max_sym} symbols per frame)")
     return ref_time / our_time
 
 
@@ -200,6 +202,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--utts", type=int, default=20)
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--beam", type=int, default=10)
+    parser.add_argument("--max-sym", type=int, default=2,
+                        help="our search: most symbols per encoder frame")
     parser.add_argument("--model", choices=("structured", "random", "trained"),
                         default="structured")
     parser.add_argument("--exp", help="trained model: the run's directory (config.yaml)")
