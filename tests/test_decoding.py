@@ -466,6 +466,22 @@ def test_mask_ctc_threshold0_is_ctc_greedy_and_batching_is_transparent():
         assert all(0 <= k < vocab for k in alone.tokens)
 
 
+def test_mask_ctc_mlm_pass_over_a_subset_of_shorter_utterances():
+    """Only short utterances left to fill: the subset's encoder padding is cut to its
+    longest utterance (ESPnet's MLM decoder masks max(lens) frames)."""
+    vocab, dim = 10, 8
+    mlm, ctc = _mlm_model(vocab, dim, seed=3)
+    enc = torch.randn(3, 16, dim)
+    lens = torch.tensor([16, 12, 5])
+    search = MaskCTCSearch(ctc, mlm, n_iterations=2, threshold=0.9)
+    tokens = [[1, 2, 3], [4, search.mask_token], [search.mask_token, 5]]
+    subset = search._mlm_log_probs(enc, lens, tokens, [1, 2])
+    for row, b in enumerate((1, 2)):
+        alone = search._mlm_log_probs(enc[b : b + 1, : lens[b]], lens[b : b + 1], [tokens[b]], [0])
+        n = len(tokens[b])
+        assert torch.allclose(subset[row, :n], alone[0, :n], atol=1e-5)
+
+
 # --------------------------------------------------------------------------- rescoring
 
 

@@ -159,5 +159,7 @@ class MaskCTCSearch:
         device = enc_out.device
         idx = torch.tensor(todo, dtype=torch.long, device=device)
         ys_lens = torch.tensor([len(tokens[b]) for b in todo], dtype=torch.long, device=device)
-        logits, _ = self.mlm(enc_out[idx], enc_lens[idx], ys.to(device), ys_lens)
+        # ESPnet's decoder masks max(lens) frames: cut the subset's padding to that length
+        frames = int(enc_lens[idx].max())
+        logits, _ = self.mlm(enc_out[idx, :frames], enc_lens[idx], ys.to(device), ys_lens)
         return torch.log_softmax(logits[..., : self.mask_token], dim=-1)
