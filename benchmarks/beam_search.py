@@ -59,7 +59,7 @@ from espnet2.asr_transducer.joint_network import JointNetwork
 from espnet2_dualmode.datasets.kaldi_dir import read_kaldi_map
 from espnet2_dualmode.decoding.transducer_search import TransducerSearch
 from espnet2_dualmode.inference.datadir import DecodeList
-from espnet2_dualmode.inference.model_io import load_model, sample_rate
+from espnet2_dualmode.inference.model_io import TokenText, load_model, sample_rate
 
 
 def random_model(vocab: int, args: argparse.Namespace, gen: torch.Generator):
@@ -135,15 +135,14 @@ def trained_model(args: argparse.Namespace):
     data = Path(args.data)
     utts = DecodeList(str(data / "wav.scp"), "sound")
     texts = read_kaldi_map(data / "text")
-    token_id = {t: i for i, t in enumerate(train_args.token_list)}
-    unk = token_id["<unk>"]
+    token_text = TokenText(train_args)
     encoded, refs = [], []
     with torch.no_grad():
         for key in utts.keys[: args.utts]:
             wav = torch.from_numpy(utts.load(key, sample_rate(train_args), 0))[None]
             stream, full, _ = model.encode(wav, torch.tensor([wav.size(1)]))
             encoded.append((stream if args.head == "streaming" else full)[0])
-            refs.append([token_id.get(c, unk) for c in texts[key].replace(" ", "")])
+            refs.append(token_text.ids(texts[key]))
     lens = torch.tensor([e.size(0) for e in encoded])
     enc = torch.nn.utils.rnn.pad_sequence(encoded, batch_first=True)
     if args.head == "streaming":

@@ -47,6 +47,7 @@ from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
+from espnet2_dualmode.decoding.ctc_search import ctc_greedy
 from espnet2_dualmode.decoding.transducer_search import greedy_search
 from espnet2_dualmode.encoders.contextual_block_conformer import ContextualBlockConformerEncoder
 from espnet2_dualmode.encoders.full_context_conformer import FullContextConformerEncoder
@@ -461,16 +462,11 @@ class DualModeASRModel(AbsESPnetModel):
                 joint = self.stream_joint if self.shared_rnnt else self.rnnt_joint
                 hyps["rnnt"] = [h.tokens for h in greedy_search(decoder, joint, enc.full, enc.lengths)]
             if self.ctc is not None:
-                hyps["ctc"] = self._ctc_greedy(self.ctc, enc.full, enc.lengths)
+                hyps["ctc"] = [h.tokens for h in ctc_greedy(
+                    self.ctc.log_softmax(enc.full), enc.lengths, self.blank_id)]
         if self.stream_ctc is not None:
-            hyps["stream_ctc"] = self._ctc_greedy(self.stream_ctc, enc.stream, enc.lengths)
+            hyps["stream_ctc"] = [h.tokens for h in ctc_greedy(
+                self.stream_ctc.log_softmax(enc.stream), enc.lengths, self.blank_id)]
         n_ref = max(1, sum(len(r) for r in refs))
         return {f"cer_{name}": torch.tensor(sum(editdistance.eval(h, r) for h, r in zip(hs, refs)) / n_ref)
                 for name, hs in hyps.items()}
-
-    def _ctc_greedy(self, ctc: CTC, enc_out: torch.Tensor, lengths: torch.Tensor) -> List[List[int]]:
-        """Best path of ``ctc`` with repeats merged and blanks removed."""
-        best = ctc.argmax(enc_out)
-        return [[int(tok) for j, tok in enumerate(seq[:n])
-                 if tok != self.blank_id and (j == 0 or tok != seq[j - 1])]
-                for seq, n in zip(best.tolist(), lengths.tolist())]

@@ -13,6 +13,7 @@ import torch
 
 from espnet2_dualmode.bin.dualmode_asr_inference_streaming import recognize
 from espnet2_dualmode.inference.latency import reference_end_times, samples_needed, timed_recognition
+from espnet2_dualmode.inference.model_io import TokenText
 from espnet2_dualmode.inference.offline import HEADS, Speech2Text
 from espnet2_dualmode.inference.streaming import Speech2TextStreaming, StreamingFeatures
 
@@ -191,3 +192,14 @@ def test_heads_missing_from_the_model_are_refused(toy_corpus, tmp_path):
     torch.save(state, tmp_path / "broken.pth")
     with pytest.raises(RuntimeError, match="does not fit"):
         Speech2Text(tmp_path / "config.yaml", tmp_path / "broken.pth", decode_head="streaming_rnnt")
+
+
+def test_token_text_ids_tokenize_as_the_run_and_invert_result():
+    import argparse
+
+    tokens = ["<blank>", "<unk>", "<space>", "昨", "日", "は", "<sos/eos>"]
+    text = TokenText(argparse.Namespace(token_list=tokens, token_type="char"))
+    assert text.ids("昨日 は") == [3, 4, 2, 5]
+    assert text.ids("昨x") == [3, 1]  # unknown characters map to <unk>
+    assert text.result(text.ids("昨日 は"), 0.0).text == "昨日 は"
+

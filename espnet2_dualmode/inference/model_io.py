@@ -62,6 +62,10 @@ class TokenText:
         bpemodel = getattr(train_args, "bpemodel", None)
         self.tokenizer = build_tokenizer(token_type=token_type, bpemodel=bpemodel)
 
+    def ids(self, text: str) -> List[int]:
+        """Text -> token ids, as the training run's preprocessor tokenizes references."""
+        return self.converter.tokens2ids(self.tokenizer.text2tokens(text))
+
     def result(self, token_ids: Sequence[int], score: float,
                timestamps: Optional[Sequence[int]] = None) -> Result:
         ids = [int(i) for i in token_ids]
