@@ -4,8 +4,9 @@ Both decode the same encoder outputs with the same prediction network (1-layer L
 ``JointNetwork``, beam 10, on one thread:
 
 * ours: ``espnet2_dualmode.decoding.transducer_search.TransducerSearch(beam_size=10,
-  max_sym_per_frame=2, score_norm=True)`` (``--max-sym`` sets the symbols per frame), all
-  utterances in one batch (time-synchronous decoding, as ESPnet's ``search_type="tsd"``);
+  max_sym_per_frame=10, score_norm=True)`` (``--max-sym`` sets the symbols per frame), all
+  utterances in one batch (time-synchronous decoding, as ESPnet's ``search_type="tsd"``,
+  with its default pruning of hopeless expansions; ``--exact`` turns that off);
 * ESPnet: ``BeamSearchTransducer(beam_size=10, search_type="default", score_norm=True)``
   (the search of ESPnet's ``decode_transducer.yaml``), one utterance at a time, as
   ``espnet2/bin/asr_inference.py`` runs it.
@@ -161,7 +162,8 @@ def bench_vocab(vocab: int, args: argparse.Namespace) -> float:
         build = structured_model if args.model == "structured" else random_model
         decoder, joint, enc, lens, planted = build(vocab, args, gen)
     ours = TransducerSearch(decoder, joint, beam_size=args.beam,
-                            max_sym_per_frame=args.max_sym, score_norm=True)
+                            max_sym_per_frame=args.max_sym, score_norm=True,
+                            prune=not args.exact)
     espnet = BeamSearchTransducer(decoder, joint, beam_size=args.beam, search_type="default",
                                   score_norm=True)
     with torch.no_grad():
@@ -191,7 +193,7 @@ def bench_vocab(vocab: int, args: argparse.Namespace) -> float:
               f" tokens) recovered: ours {ours_ok}/{args.utts}, ESPnet {ref_ok}/{args.utts}")
     print(f"V={vocab}: ours {our_time:.2f} s, ESPnet default {ref_time:.2f} s "
           f"({args.utts} utterances, {int(lens.sum())} frames, beam {args.beam}, "
-          f"ours with {args.max_sym} symbols per frame)")
+          f"ours with {args.max_sym} symbols per frame, {'exact TSD' if args.exact else 'pruned'})")
     return ref_time / our_time
 
 
@@ -201,8 +203,10 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--utts", type=int, default=20)
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--beam", type=int, default=10)
-    parser.add_argument("--max-sym", type=int, default=2,
+    parser.add_argument("--max-sym", type=int, default=10,
                         help="our search: most symbols per encoder frame")
+    parser.add_argument("--exact", action="store_true",
+                        help="our search without pruning (exactly ESPnet's TSD)")
     parser.add_argument("--model", choices=("structured", "random", "trained"),
                         default="structured")
     parser.add_argument("--exp", help="trained model: the run's directory (config.yaml)")

@@ -147,7 +147,8 @@ def test_transducer_beam_search_equals_exhaustive_alignment_sum(vocab, frames, m
     enc = 2.0 * torch.randn(1, frames, 5)
     exact = _brute_force_alignments(decoder, joint, enc[0], max_sym)
     search = TransducerSearch(
-        decoder, joint, beam_size=400, max_sym_per_frame=max_sym, score_norm=False, nbest=400
+        decoder, joint, beam_size=400, max_sym_per_frame=max_sym, score_norm=False, nbest=400,
+        prune=False,
     )
     (hyps,) = search(enc)
     assert len(hyps) == len(exact)
@@ -177,7 +178,7 @@ def test_transducer_beam_search_equals_espnet_tsd():
     decoder, joint = _rnnt(vocab=10, dim=6, seed=3)
     enc = 2.0 * torch.randn(2, 12, 6)
     ours = TransducerSearch(
-        decoder, joint, beam_size=3, max_sym_per_frame=2, score_norm=False, nbest=3
+        decoder, joint, beam_size=3, max_sym_per_frame=2, score_norm=False, nbest=3, prune=False
     )(enc)
     espnet = BeamSearchTransducer(
         decoder, joint, beam_size=3, search_type="tsd", max_sym_exp=3, score_norm=False, nbest=3
@@ -188,6 +189,31 @@ def test_transducer_beam_search_equals_espnet_tsd():
         assert [h.tokens for h in ours[b]] == [list(h.yseq[1:]) for h in ref]
         for mine, theirs in zip(ours[b], ref):
             assert mine.score == pytest.approx(float(theirs.score), abs=SCORE_TOL)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_transducer_pruning_keeps_the_best_and_does_less_work(seed):
+    """Pruned vs exact TSD (the ESPnet-equal search) on peaked random models: the same
+    1-best, its score within 0.02 (only merged probability can be lost), fewer joint rows."""
+    decoder, joint = _rnnt(vocab=12, dim=6, seed=seed, blank_bias=2.0)
+    with torch.no_grad():
+        joint.lin_out.weight.mul_(8.0)
+    enc = 3.0 * torch.randn(4, 20, 6)
+    lens = torch.tensor([20, 17, 11, 6])
+    rows = []
+    hook = joint.lin_out.register_forward_hook(lambda m, i, out: rows.append(out.size(0)))
+    results = {}
+    for prune in (False, True):
+        rows.clear()
+        search = TransducerSearch(decoder, joint, beam_size=4, max_sym_per_frame=3, prune=prune)
+        results[prune] = (search(enc, lens), sum(rows))
+    hook.remove()
+    (exact, exact_rows), (pruned, pruned_rows) = results[False], results[True]
+    assert sum(len(nbest[0].tokens) for nbest in exact) >= 8
+    for mine, ref in zip(pruned, exact):
+        assert mine[0].tokens == ref[0].tokens
+        assert mine[0].score == pytest.approx(ref[0].score, abs=0.02)
+    assert pruned_rows < exact_rows
 
 
 def _random_blocks(total: int, rng: random.Random) -> List[Tuple[int, int]]:

@@ -7,7 +7,7 @@ from espnet2.asr.encoder.contextual_block_conformer_encoder import (
     ContextualBlockConformerEncoder as ESPnetContextualBlockConformerEncoder,
 )
 
-from espnet2_dualmode.encoders.conformer_layer import subsampled_lengths
+from espnet2_dualmode.encoders.conformer_layer import MaskedConvolutionModule, subsampled_lengths
 from espnet2_dualmode.encoders.contextual_block_conformer import ContextualBlockConformerEncoder
 from espnet2_dualmode.encoders.full_context_conformer import FullContextConformerEncoder
 
@@ -111,19 +111,23 @@ def test_incremental_equals_parallel_for_random_chunks(seed):
             assert torch.allclose(inc[0], ys[i, :olens[i]], atol=TOL)
 
 
-def test_incremental_emits_only_frames_whose_look_ahead_arrived():
-    """A non-final call never returns a frame whose block has not seen all its frames."""
+def test_incremental_emits_frames_exactly_when_their_look_ahead_arrived():
+    """After each non-final call, the frames out are those of every block whose frames can
+    all be computed from the features received: none early, none held back."""
     enc = small_stream(block=8, hop=3, look_ahead=2)
     x, _ = padded_batch([203])
     state = enc.init_state(1)
+    emitted = 0
     with torch.no_grad():
         for t in range(0, 203, 5):
-            enc.forward_incremental(x[:, t:t + 5], state)
-            emitted_until = state.n_emitted  # frames [0, n_emitted) are final
-            if emitted_until:
-                needed = (int(enc.block_of(torch.tensor(emitted_until - 1))) * enc.hop_size
-                          + enc.block_size)
-                assert needed <= state.n_frames
+            out, _ = enc.forward_incremental(x[:, t:t + 5], state)
+            emitted += out.size(1)
+            available = int(subsampled_lengths(torch.tensor(min(t + 5, 203))))
+            ready = [b for b in range(enc.num_blocks_for(available))
+                     if b * enc.hop_size + enc.block_size <= available]
+            expected = enc.emission_range(ready[-1])[1] if ready else 0
+            assert emitted == state.n_emitted == expected
+    assert emitted > 0
 
 
 def test_incremental_rejects_use_after_final():
@@ -147,3 +151,18 @@ def test_block_geometry_and_errors():
         ContextualBlockConformerEncoder(FEAT, block_size=10, hop_size=8, look_ahead=4)
     with pytest.raises(ValueError, match="fewer than 7 feature frames"):
         enc(torch.zeros(2, 20, FEAT), torch.tensor([20, 5]))
+
+
+def test_masked_convolution_module_equals_its_conv1d_layers():
+    """The pointwise convolutions run as matrix products: same output as the module's own
+    Conv1d layers applied in order, padded frames zeroed before the depthwise one."""
+    torch.manual_seed(0)
+    module = MaskedConvolutionModule(16, 5).eval()
+    x = torch.randn(3, 11, 16)
+    mask = torch.arange(11) < torch.tensor([[11], [7], [2]])
+    with torch.no_grad():
+        h = torch.nn.functional.glu(module.pointwise_conv1(x.transpose(1, 2)), dim=1)
+        h = module.depthwise_conv(h.masked_fill(~mask.unsqueeze(1), 0.0))
+        h = module.activation(module.norm(h.transpose(1, 2))).transpose(1, 2)
+        expected = module.pointwise_conv2(h).transpose(1, 2)
+        assert torch.allclose(module(x, mask), expected, atol=1e-5)

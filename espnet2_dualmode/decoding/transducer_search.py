@@ -16,7 +16,17 @@ in this frame) yields
 * h + k for every symbol k (only while j < S): the ``beam_size`` best of these, over all
   running hypotheses of the utterance, run at step j + 1.
 
-The beam for the next frame is the best ``beam_size`` of F. With ``beam_size=1`` the
+The beam for the next frame is the best ``beam_size`` of F.
+
+Pruning (``prune=True``, the default): a symbol extension is expanded further only if
+its score beats the ``beam_size``-th best score in F, or if its prefix is already in F
+(then its probability adds to that hypothesis). A score only falls as a hypothesis is
+extended, so what is dropped could have reached the next beam only through a longer
+prefix already in F. On a confident model most frames then end after one or two steps
+instead of S + 1, which makes a large S affordable (ESPnet's default search stops a frame
+on a bound of the same kind). ``prune=False`` is ESPnet's TSD exactly (tested).
+
+With ``beam_size=1`` the
 search is greedy instead (as in ESPnet, where a beam of 1 means greedy search): at each
 step the blank competes with the symbols, so that the arg-max output is taken; this is
 :func:`greedy_search`, but usable block by block.
@@ -32,7 +42,7 @@ call.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import numpy
 import torch
@@ -53,19 +63,52 @@ class _Hyp(NamedTuple):
     times: Tuple[int, ...]
 
 
-@dataclass
-class _PredOut:
-    """Prediction-network output for one prefix.
+class _PredCache:
+    """Prediction-network outputs by token prefix, stored as rows of a few tensors.
+
+    One tensor row per prefix (instead of one small tensor each) keeps gathering and adding
+    rows to single indexing operations, whatever the number of hypotheses.
 
     Attributes:
-        proj: decoder output projected into the joint space, ``joint.lin_dec(dec_out)`` (J,).
-        h: RNN hidden state (L, H).
-        c: LSTM cell state (L, H); None for a GRU.
+        index: row of each cached prefix.
+        proj: decoder output projected into the joint space, ``joint.lin_dec(dec_out)``
+            (N, J).
+        h: RNN hidden states (L, N, H).
+        c: LSTM cell states (L, N, H); None for a GRU.
     """
 
-    proj: torch.Tensor
-    h: torch.Tensor
-    c: Optional[torch.Tensor]
+    def __init__(self, prefixes: List[Prefix], proj: torch.Tensor, state: RNNState) -> None:
+        self.index: Dict[Prefix, int] = {p: i for i, p in enumerate(prefixes)}
+        self.proj = proj
+        self.h, self.c = state
+
+    def __contains__(self, prefix: Prefix) -> bool:
+        return prefix in self.index
+
+    def rows(self, prefixes: Sequence[Prefix]) -> torch.Tensor:
+        """Row numbers of ``prefixes`` (all cached), as a LongTensor."""
+        return torch.tensor([self.index[p] for p in prefixes], device=self.proj.device)
+
+    def state(self, rows: torch.Tensor) -> RNNState:
+        """RNN states of the given rows, ((L, M, H), (L, M, H) or None)."""
+        return self.h[:, rows], None if self.c is None else self.c[:, rows]
+
+    def add(self, prefixes: List[Prefix], proj: torch.Tensor, state: RNNState) -> None:
+        """Append rows for new prefixes."""
+        start = self.proj.size(0)
+        self.index.update((p, start + i) for i, p in enumerate(prefixes))
+        self.proj = torch.cat([self.proj, proj])
+        self.h = torch.cat([self.h, state[0]], dim=1)
+        if self.c is not None:
+            self.c = torch.cat([self.c, state[1]], dim=1)
+
+    def keep(self, prefixes: Set[Prefix]) -> None:
+        """Drop every row but those of ``prefixes`` (all cached)."""
+        kept = sorted(prefixes, key=self.index.__getitem__)  # deterministic row order
+        rows = self.rows(kept)
+        self.index = {p: i for i, p in enumerate(kept)}
+        self.proj = self.proj[rows]
+        self.h, self.c = self.state(rows)
 
 
 @dataclass
@@ -83,7 +126,7 @@ class TransducerSearchState:
 
     hyps: List[List[_Hyp]]
     num_frames: List[int]
-    cache: Dict[Prefix, _PredOut]
+    cache: _PredCache
 
     @property
     def batch_size(self) -> int:
@@ -180,11 +223,16 @@ class TransducerSearch:
             ``blank_id`` is the blank.
         joint: joint network (ESPnet ``JointNetwork``) over the same vocabulary.
         beam_size: hypotheses kept per utterance (1 = greedy search).
-        max_sym_per_frame: most non-blank symbols emitted in one encoder frame.
+        max_sym_per_frame: most non-blank symbols emitted in one encoder frame. The
+            default is large: RNN-T heads, the streaming one most, emit bursts of symbols
+            on one frame, which a small S truncates; with ``prune`` a large S costs only
+            the steps a frame uses.
         score_norm: rank final (and partial) hypotheses by score / (tokens + 1), as
             ESPnet's ``BeamSearchTransducer(score_norm=True)``; pruning always uses raw
             scores.
         nbest: hypotheses returned per utterance by :meth:`finalize`.
+        prune: do not expand symbol extensions that can no longer enter the next beam
+            (module doc); False gives ESPnet's TSD exactly.
     """
 
     def __init__(
@@ -192,9 +240,10 @@ class TransducerSearch:
         decoder: TransducerDecoder,
         joint: JointNetwork,
         beam_size: int = 10,
-        max_sym_per_frame: int = 2,
+        max_sym_per_frame: int = 10,
         score_norm: bool = True,
         nbest: int = 1,
+        prune: bool = True,
     ) -> None:
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -213,6 +262,7 @@ class TransducerSearch:
         self.max_sym_per_frame = max_sym_per_frame
         self.score_norm = score_norm
         self.nbest = nbest
+        self.prune = prune
         self.blank = decoder.blank_id
         self.vocab_size = vocab
 
@@ -222,12 +272,11 @@ class TransducerSearch:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         device = next(self.decoder.parameters()).device
-        proj, (h, c) = _root_prediction(self.decoder, self.joint, 1, device)
-        root = _PredOut(proj[0], h[:, 0], None if c is None else c[:, 0])
+        proj, state = _root_prediction(self.decoder, self.joint, 1, device)
         return TransducerSearchState(
             hyps=[[_Hyp((), 0.0, ())] for _ in range(batch_size)],
             num_frames=[0] * batch_size,
-            cache={(): root},
+            cache=_PredCache([()], proj, state),
         )
 
     @torch.no_grad()
@@ -293,108 +342,114 @@ class TransducerSearch:
             enc_proj: ``joint.lin_enc`` of this frame for every utterance (B, J).
             active: utterances that have this frame.
         """
-        frames = [state.num_frames[b] for b in active]
-        finished: List[Dict[Prefix, _Hyp]] = [{} for _ in active]
-        running: List[List[_Hyp]] = [state.hyps[b] for b in active]
+        frames = {b: state.num_frames[b] for b in active}
+        finished: Dict[int, Dict[Prefix, _Hyp]] = {b: {} for b in active}
+        running: Dict[int, List[_Hyp]] = {b: state.hyps[b] for b in active}
         for step in range(self.max_sym_per_frame + 1):
-            owner = [i for i, hyps in enumerate(running) for _ in hyps]
-            if not owner:
+            if not running:
                 break
-            rows = [h for hyps in running for h in hyps]
-            rows_utt = torch.tensor([active[i] for i in owner], device=enc_proj.device)
-            dec_proj = torch.stack([state.cache[h.tokens].proj for h in rows])
+            owner = [b for b, hyps in running.items() for _ in hyps]
+            rows = [h for hyps in running.values() for h in hyps]
+            rows_utt = torch.tensor(owner, device=enc_proj.device)
+            dec_proj = state.cache.proj[state.cache.rows([h.tokens for h in rows])]
             logp = _log_joint(self.joint, enc_proj[rows_utt], dec_proj)  # (N, V)
             base = torch.tensor([h.score for h in rows], dtype=torch.float64, device=logp.device)
             ends = (base + logp[:, self.blank].double()).tolist()
-            for i, h, score in zip(owner, rows, ends):
-                _merge(finished[i], _Hyp(h.tokens, score, h.times))
+            for b, h, score in zip(owner, rows, ends):
+                _merge(finished[b], _Hyp(h.tokens, score, h.times))
             if step == self.max_sym_per_frame:
                 break
-            running = self._prune(finished, running, owner, base, logp, frames)
+            running = self._prune(finished, running, base, logp, frames)
             self._extend_cache(state.cache, running)
-        for i, b in enumerate(active):
-            state.hyps[b] = sorted(finished[i].values(), key=lambda h: -h.score)[
+        for b in active:
+            state.hyps[b] = sorted(finished[b].values(), key=lambda h: -h.score)[
                 : self.beam_size
             ]
             state.num_frames[b] += 1
-        alive = {h.tokens for hyps in state.hyps for h in hyps}
-        state.cache = {p: out for p, out in state.cache.items() if p in alive}
+        state.cache.keep({h.tokens for hyps in state.hyps for h in hyps})
+
+    def _floor(self, finished: Dict[Prefix, _Hyp]) -> float:
+        """Score a symbol extension must beat to be expanded further.
+
+        Beam search with ``prune``: the ``beam_size``-th best finished score (module doc).
+        Greedy search: the finished hypothesis' score, so that the arg-max wins (a tie goes
+        to blank).
+        """
+        if len(finished) < self.beam_size or (self.beam_size > 1 and not self.prune):
+            return float("-inf")
+        return sorted((h.score for h in finished.values()), reverse=True)[self.beam_size - 1]
 
     def _prune(
         self,
-        finished: List[Dict[Prefix, _Hyp]],
-        running: List[List[_Hyp]],
-        owner: List[int],
+        finished: Dict[int, Dict[Prefix, _Hyp]],
+        running: Dict[int, List[_Hyp]],
         base: torch.Tensor,
         logp: torch.Tensor,
-        frames: List[int],
-    ) -> List[List[_Hyp]]:
+        frames: Dict[int, int],
+    ) -> Dict[int, List[_Hyp]]:
         """Choose, per utterance, the hypotheses that emit one more symbol in this frame.
 
-        Beam search keeps the ``beam_size`` best symbol extensions. With ``beam_size=1``
-        (greedy) the finished hypothesis competes with them and the loser is dropped.
-        The best extensions of an utterance are among the ``beam_size`` best symbols of
-        each of its rows, so only those (N, beam_size) candidates are scored in float64.
+        These are the ``beam_size`` best symbol extensions that beat :meth:`_floor`. With
+        ``beam_size=1`` (greedy) a continuing hypothesis replaces the finished one. The
+        best extensions of an utterance are among the ``beam_size`` best symbols of each
+        of its rows, so only those (N, beam_size) candidates are scored in float64.
 
         Args:
-            finished: per active utterance, hypotheses that finished the frame; pruned
-                in place when ``beam_size=1``.
-            running: per active utterance, the hypotheses expanded at this step.
-            owner: active-utterance index of each row of ``logp``.
+            finished: per utterance, hypotheses that finished the frame; emptied when a
+                greedy search continues.
+            running: per utterance, the hypotheses expanded at this step (the rows of
+                ``logp``, in order).
             base: score of each running hypothesis (N,), float64.
             logp: log p(k) of each running hypothesis (N, V); overwritten.
-            frames: global frame index per active utterance.
+            frames: global frame index per utterance.
 
         Returns:
-            Per active utterance, the continuing hypotheses (one more symbol each).
+            The continuing hypotheses (one more symbol each) of the utterances that have any.
         """
         beam = self.beam_size
         logp[:, self.blank] = float("-inf")
         width = min(beam, self.vocab_size - 1)
         row_val, row_tok = logp.topk(width, dim=1)  # (N, width) best symbols per row
         cand = base.unsqueeze(1) + row_val.double()
-        slots = [r for hyps in running for r in range(len(hyps))]
-        rows = torch.tensor([i * beam + r for i, r in zip(owner, slots)], device=cand.device)
-        padded = cand.new_full((len(running) * beam, width), float("-inf"))
-        padded[rows] = cand
-        top_val, top_idx = padded.view(len(running), beam * width).topk(beam, dim=1)
-        tokens = row_tok.new_zeros((len(running) * beam, width))
-        tokens[rows] = row_tok
-        top_tok = tokens.view(len(running), beam * width).gather(1, top_idx)
-        new_running = []
-        for i, (values, indices, labels) in enumerate(
-            zip(top_val.tolist(), top_idx.tolist(), top_tok.tolist())
-        ):
-            kept = [(v, x, k) for v, x, k in zip(values, indices, labels) if v != float("-inf")]
-            if beam == 1 and finished[i]:
-                (done,) = finished[i].values()
-                if not kept or done.score >= kept[0][0]:  # on a tie blank wins, as arg-max
-                    kept = []
-                else:
-                    finished[i] = {}
+        utts = list(running)
+        slots = [j * beam + r for j, b in enumerate(utts) for r in range(len(running[b]))]
+        slots_t = torch.tensor(slots, device=cand.device)
+        padded = cand.new_full((len(utts) * beam, width), float("-inf"))
+        padded[slots_t] = cand
+        top_val, top_idx = padded.view(len(utts), beam * width).topk(beam, dim=1)
+        tokens = row_tok.new_zeros((len(utts) * beam, width))
+        tokens[slots_t] = row_tok
+        top_tok = tokens.view(len(utts), beam * width).gather(1, top_idx)
+        new_running: Dict[int, List[_Hyp]] = {}
+        lists = zip(top_val.tolist(), top_idx.tolist(), top_tok.tolist())
+        for b, (values, indices, labels) in zip(utts, lists):
+            t, hyps, done = frames[b], running[b], finished[b]
+            floor = self._floor(done)
             continuing = []
-            for score, x, label in kept:
-                parent = running[i][x // width]
-                continuing.append(
-                    _Hyp(parent.tokens + (label,), score, parent.times + (frames[i],))
-                )
-            new_running.append(continuing)
+            for v, x, k in zip(values, indices, labels):
+                if v == float("-inf"):
+                    break
+                parent = hyps[x // width]
+                tokens = parent.tokens + (k,)
+                # below the floor, still worth a step if it adds to a finished prefix
+                if v > floor or (beam > 1 and tokens in done):
+                    continuing.append(_Hyp(tokens, v, parent.times + (t,)))
+            if continuing:
+                new_running[b] = continuing
+                if beam == 1:
+                    finished[b] = {}
         return new_running
 
-    def _extend_cache(self, cache: Dict[Prefix, _PredOut], running: List[List[_Hyp]]) -> None:
+    def _extend_cache(self, cache: _PredCache, running: Dict[int, List[_Hyp]]) -> None:
         """Run the prediction network, in one batch, on the running prefixes not cached."""
-        new = (h.tokens for hyps in running for h in hyps if h.tokens not in cache)
+        new = (h.tokens for hyps in running.values() for h in hyps if h.tokens not in cache)
         todo = list(dict.fromkeys(new))  # unique, in a deterministic order
         if not todo:
             return
-        parents = [cache[p[:-1]] for p in todo]
-        h0 = torch.stack([p.h for p in parents], dim=1)
-        c0 = None if parents[0].c is None else torch.stack([p.c for p in parents], dim=1)
-        labels = torch.tensor([p[-1] for p in todo], dtype=torch.long, device=h0.device)
-        proj, (h1, c1) = _predict(self.decoder, self.joint, labels, (h0, c0))
-        cells = [None] * len(todo) if c1 is None else c1.unbind(1)
-        for prefix, out in zip(todo, zip(proj.unbind(0), h1.unbind(1), cells)):
-            cache[prefix] = _PredOut(*out)
+        state = cache.state(cache.rows([p[:-1] for p in todo]))
+        labels = torch.tensor([p[-1] for p in todo], dtype=torch.long, device=cache.proj.device)
+        proj, new_state = _predict(self.decoder, self.joint, labels, state)
+        cache.add(todo, proj, new_state)
 
 
 @torch.no_grad()
@@ -403,7 +458,7 @@ def greedy_search(
     joint: JointNetwork,
     enc_out: torch.Tensor,
     enc_lens: Optional[torch.Tensor] = None,
-    max_sym_per_frame: int = 2,
+    max_sym_per_frame: int = 10,
 ) -> List[Hypothesis]:
     """Batched greedy RNN-T decoding: per frame, take the arg-max output up to S times.
 

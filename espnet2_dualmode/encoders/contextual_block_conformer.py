@@ -220,7 +220,10 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
                                "start a new stream with init_state()")
         buf = torch.cat([state.feats, feats], dim=1)
         n_new = int(subsampled_lengths(torch.tensor(buf.size(1))))
-        if n_new > 0:
+        missing = state.next_block * self.hop_size + self.block_size - state.n_frames
+        # Subsample only when a block can be encoded: the same frames, in fewer and larger
+        # convolutions (one call per 40-ms chunk costs ~14% of streaming encoding).
+        if n_new > 0 and (is_final or n_new >= missing):
             new = self._embed(buf, state.n_frames)
             state.frames = torch.cat([state.frames, new], dim=1)
             state.n_frames += n_new

@@ -33,7 +33,7 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--beam_size", type=int, default=10)
     p.add_argument("--nbest", type=int, default=1)
-    p.add_argument("--max_sym_per_frame", type=int, default=2, help="RNN-T symbols per frame")
+    p.add_argument("--max_sym_per_frame", type=int, default=10, help="most RNN-T symbols per encoder frame")
     p.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 

@@ -59,7 +59,7 @@ class Speech2Text:
         decode_head: str = "rnnt",
         beam_size: int = 10,
         nbest: int = 1,
-        max_sym_per_frame: int = 2,
+        max_sym_per_frame: int = 10,
         ctc_weight: float = 0.3,
         maskctc_n_iterations: int = 10,
         maskctc_threshold_probability: float = 0.99,

@@ -103,7 +103,7 @@ class Speech2TextStreaming:
     """
 
     def __init__(self, asr_train_config: str | Path, asr_model_file: Optional[str | Path],
-                 beam_size: int = 10, nbest: int = 1, max_sym_per_frame: int = 2,
+                 beam_size: int = 10, nbest: int = 1, max_sym_per_frame: int = 10,
                  device: str = "cpu"):
         self.model, self.train_args = load_model(asr_train_config, asr_model_file, device)
         m = self.model
@@ -128,7 +128,7 @@ class Speech2TextStreaming:
         self.search_state = self.search.init(1)
         self.n_encoder_frames = 0
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, speech_chunk: np.ndarray | torch.Tensor, is_final: bool) -> List[Result]:
         """Feed the next samples; returns the n-best so far (partial unless ``is_final``).
 
