@@ -389,7 +389,8 @@ class TransducerSearch:
     ) -> Dict[int, List[_Hyp]]:
         """Choose, per utterance, the hypotheses that emit one more symbol in this frame.
 
-        These are the ``beam_size`` best symbol extensions that beat :meth:`_floor`. With
+        These are those of the ``beam_size`` best symbol extensions that beat
+        :meth:`_floor` or whose prefix has finished the frame already. With
         ``beam_size=1`` (greedy) a continuing hypothesis replaces the finished one. The
         best extensions of an utterance are among the ``beam_size`` best symbols of each
         of its rows, so only those (N, beam_size) candidates are scored in float64.
@@ -430,10 +431,10 @@ class TransducerSearch:
                 if v == float("-inf"):
                     break
                 parent = hyps[x // width]
-                tokens = parent.tokens + (k,)
+                prefix = parent.tokens + (k,)
                 # below the floor, still worth a step if it adds to a finished prefix
-                if v > floor or (beam > 1 and tokens in done):
-                    continuing.append(_Hyp(tokens, v, parent.times + (t,)))
+                if v > floor or (beam > 1 and prefix in done):
+                    continuing.append(_Hyp(prefix, v, parent.times + (t,)))
             if continuing:
                 new_running[b] = continuing
                 if beam == 1:
