@@ -76,7 +76,8 @@ def random_model(vocab: int, args: argparse.Namespace, gen: torch.Generator):
     return decoder, joint, enc, torch.full((args.utts,), args.frames), None
 
 
-def structured_model(vocab: int, args: argparse.Namespace, gen: torch.Generator):
+def structured_model(vocab: int, gen: torch.Generator, utts: int, frames: int, dim: int = 256,
+                     joint_dim: int = 320, token_rate: float = 0.25):
     """Hand-set networks that emit planted token sequences (see module doc).
 
     In the joint space (first ``dim`` dims) the hidden vector is ``tanh(4 (frame - last))``
@@ -88,11 +89,11 @@ def structured_model(vocab: int, args: argparse.Namespace, gen: torch.Generator)
     Returns:
         decoder, joint, encoder frames (B, T, D) and the planted tokens per utterance.
     """
-    dim, blank, gain = args.dim, 0, 4.0
+    blank, gain = 0, 4.0
     vectors = torch.nn.functional.normalize(torch.randn(vocab, dim, generator=gen), dim=1)
     decoder = TransducerDecoder(vocab, rnn_type="lstm", hidden_size=dim).eval()
-    joint = JointNetwork(vocab, dim, dim, joint_space_size=args.joint_dim).eval()
-    eye = torch.eye(args.joint_dim, dim)
+    joint = JointNetwork(vocab, dim, dim, joint_space_size=joint_dim).eval()
+    eye = torch.eye(joint_dim, dim)
     lstm = decoder.decoder[0]
     with torch.no_grad():
         for p in [*decoder.parameters(), *joint.parameters()]:
@@ -108,24 +109,24 @@ def structured_model(vocab: int, args: argparse.Namespace, gen: torch.Generator)
         joint.lin_out.weight[:, :dim] = 7.5 * vectors
         joint.lin_out.bias[blank] = math.log(vocab) + 4.0
 
-    planted, frames = [], vectors[blank].repeat(args.utts, args.frames, 1)
-    for b in range(args.utts):
+    planted, enc = [], vectors[blank].repeat(utts, frames, 1)
+    for b in range(utts):
         tokens, last = [], blank
-        for t in range(args.frames):
-            if float(torch.rand((), generator=gen)) >= args.token_rate:
+        for t in range(frames):
+            if float(torch.rand((), generator=gen)) >= token_rate:
                 continue
             token = last
             while token in (blank, last):  # no immediate repeats
                 token = int(torch.randint(1, vocab, (), generator=gen))
-            frames[b, t] = vectors[token]
+            enc[b, t] = vectors[token]
             if float(torch.rand((), generator=gen)) < 0.5:  # ambiguous: 21 vs 9 logits
                 other = int(torch.randint(1, vocab, (), generator=gen))
-                frames[b, t] = 0.7 * vectors[token] + 0.3 * vectors[other]
+                enc[b, t] = 0.7 * vectors[token] + 0.3 * vectors[other]
             tokens.append(token)
             last = token
         planted.append(tokens)
-    enc = frames + 0.01 * torch.randn(frames.shape, generator=gen)
-    return decoder, joint, enc, torch.full((args.utts,), args.frames), planted
+    enc = enc + 0.01 * torch.randn(enc.shape, generator=gen)
+    return decoder, joint, enc, torch.full((utts,), frames), planted
 
 
 def trained_model(args: argparse.Namespace):
@@ -158,9 +159,11 @@ def bench_vocab(vocab: int, args: argparse.Namespace) -> float:
     if args.model == "trained":
         decoder, joint, enc, lens, planted = trained_model(args)
         vocab, args.utts = joint.lin_out.out_features, enc.size(0)
+    elif args.model == "structured":
+        decoder, joint, enc, lens, planted = structured_model(
+            vocab, gen, args.utts, args.frames, args.dim, args.joint_dim, args.token_rate)
     else:
-        build = structured_model if args.model == "structured" else random_model
-        decoder, joint, enc, lens, planted = build(vocab, args, gen)
+        decoder, joint, enc, lens, planted = random_model(vocab, args, gen)
     ours = TransducerSearch(decoder, joint, beam_size=args.beam,
                             max_sym_per_frame=args.max_sym, score_norm=True,
                             prune=not args.exact)

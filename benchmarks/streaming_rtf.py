@@ -25,7 +25,6 @@ import time
 
 import torch
 
-from beam_search import get_parser as search_parser
 from beam_search import structured_model
 from common import CSJ_VOCAB, build_paper_model
 
@@ -49,12 +48,11 @@ def main() -> None:
     wav = 0.1 * torch.randn(int(16000 * a.seconds))
     features = StreamingFeatures(model.frontend)
     state = model.stream_encoder.init_state(1)
-    decoder, joint, planted = model.stream_decoder, model.stream_joint, None
+    decoder, joint, search_frames = model.stream_decoder, model.stream_joint, None
     if a.search == "structured":
         frames = int(a.seconds * 25) + 10  # 40-ms encoder frames, with room to spare
-        setup = search_parser().parse_args(["--utts", "1", "--frames", str(frames)])
-        decoder, joint, planted, _, _ = structured_model(
-            CSJ_VOCAB, setup, torch.Generator().manual_seed(0))
+        decoder, joint, search_frames, _, _ = structured_model(
+            CSJ_VOCAB, torch.Generator().manual_seed(0), utts=1, frames=frames)
     search = TransducerSearch(decoder, joint, a.beam)
     hyps = search.init(1)
     enc_time = search_time = 0.0
@@ -65,9 +63,9 @@ def main() -> None:
             feats = features(wav[start:start + a.chunk], final)
             feats, _ = model.normalize(feats, torch.tensor([feats.size(1)]))
             enc, state = model.stream_encoder.forward_incremental(feats, state, is_final=final)
-            if planted is not None:
+            if search_frames is not None:  # as many of the search model's own frames
                 done = hyps.num_frames[0]
-                enc = planted[:, done:done + enc.size(1)]
+                enc = search_frames[:, done:done + enc.size(1)]
             mid = time.perf_counter()
             search.advance(hyps, enc)
             search_time += time.perf_counter() - mid
