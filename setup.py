@@ -24,7 +24,9 @@ setup(
     version="0.1.0",
     description="One ESPnet2 ASR model for streaming and full-context recognition "
     "(contextual-block Conformer cascade, multi-decoder, similarity-preserving KD)",
-    packages=find_packages(include=["espnet2_dualmode", "espnet2_dualmode.*"]),
+    # The model plugin and the recipe toolkit (which the plugin never imports).
+    packages=find_packages(include=["espnet2_dualmode", "espnet2_dualmode.*",
+                                    "dualmode_recipe", "dualmode_recipe.*"]),
     python_requires=">=3.11,<3.12",
     install_requires=install_requires,
     extras_require={

@@ -57,9 +57,9 @@ from espnet2.asr.decoder.transducer_decoder import TransducerDecoder
 from espnet2.asr.transducer.beam_search_transducer import BeamSearchTransducer
 from espnet2.asr_transducer.joint_network import JointNetwork
 
-from espnet2_dualmode.datasets.kaldi_dir import read_kaldi_map
+from dualmode_recipe.kaldi_dir import read_kaldi_map
 from espnet2_dualmode.decoding.transducer_search import TransducerSearch
-from espnet2_dualmode.inference.datadir import DecodeList
+from espnet2_dualmode.inference.decode_list import DecodeList
 from espnet2_dualmode.inference.model_io import TokenText, load_model, sample_rate
 
 

@@ -1,7 +1,7 @@
 """Fake CSJ and LibriSpeech trees for tests, with their expected data directories.
 
 The expected files are written by hand from the SDB content below, applying the
-Kaldi/ESPnet rules described in ``espnet2_dualmode.datasets.csj``; nothing here calls
+Kaldi/ESPnet rules described in ``dualmode_recipe.corpora.csj``; nothing here calls
 the preparation code. The CSJ
 expectations hold for ``--train_dev_size 3 --dup_cap 2`` (``FakeCsjExpected``).
 

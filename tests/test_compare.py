@@ -1,13 +1,16 @@
 """The Figure 2 config grid and the experiment comparison (Tables 1-2, Figure 2 layouts).
 
-The scored experiments are built as stages 11-13 leave them: ``config.yaml`` dumped from
-the task's parsed arguments as ESPnet's trainer does, and
-``<decode dir>/<head>/<set>/scores.json`` written by ``espnet2_dualmode.bin.score --json``
+The grid's configs are merged by ``python -m dualmode_recipe merge_config``, as the stage
+script's ``--asr_config_overrides`` does. The scored experiments are built as stages 11-13
+leave them: ``config.yaml`` dumped from the task's parsed arguments as ESPnet's trainer
+does, and ``<decode dir>/<head>/<set>/scores.json`` written by
+``python -m dualmode_recipe score --json``
 (the stage-13 command) from hand-made hypotheses with a known number of errors. Expected
 numbers are computed here from those error counts.
 """
 
 import contextlib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -18,14 +21,14 @@ import torch
 import yaml
 from espnet2.utils.yaml_no_alias_safe_dump import yaml_no_alias_safe_dump
 
-from espnet2_dualmode.bin.compare_experiments import main as compare_main
-from espnet2_dualmode.bin.score import main as score_main
+from dualmode_recipe.__main__ import main as recipe_main
+from dualmode_recipe.config import load_mapping, merge_config
 from espnet2_dualmode.tasks.dualmode_asr import DualModeASRTask
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = ROOT / "conf" / "paper" / "blocks"
-GRID = {(method, block): BLOCKS / f"joint_{method}_block{block}.yaml"
-        for method in ("sp_ed", "mse_ed") for block in (10, 20, 30, 40, 50, 60)}
+SIZES = (10, 20, 30, 40, 50, 60)
+GRID = [(method, block) for method in ("sp_ed", "mse_ed") for block in SIZES]
 TOKENS = ["<blank>", "<unk>"] + list("abcdefgh") + ["<sos/eos>"]
 GEOMETRY = ("block_size", "hop_size", "look_ahead")
 
@@ -48,21 +51,43 @@ def parse_args(config: Path, token_list: Path, *extra: str):
         ["--config", str(config), "--token_list", str(token_list), *extra])
 
 
+def compare_main(argv: list) -> None:
+    recipe_main(["compare", *argv])
+
+
+def score_main(argv: list) -> None:
+    recipe_main(["score", *argv])
+
+
+def merged_grid_config(method: str, block: int, out_dir: Path) -> Path:
+    """The paper config of ``method`` with the block override merged on, as the stage
+    script's ``--asr_config_overrides conf/blocks/block<N>.yaml`` writes it."""
+    out = out_dir / f"joint_{method}_block{block}.yaml"
+    recipe_main(["merge_config", "--config", str(ROOT / "conf" / "paper" / f"joint_{method}.yaml"),
+                 "--output", str(out), str(BLOCKS / f"block{block}.yaml")])
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # The Figure 2 grid
 # ---------------------------------------------------------------------------------------
 def test_grid_is_complete_and_linked_from_the_librispeech_recipe():
-    assert set(BLOCKS.glob("*.yaml")) == set(GRID.values())
-    recipe_conf = ROOT / "egs2" / "librispeech_100" / "asr1" / "conf"
-    for path in GRID.values():
-        link = recipe_conf / f"train_{path.name}"
-        assert link.is_symlink() and link.resolve() == path.resolve(), link
+    """One override per block size, holding only the geometry (hop = look-ahead = 0.4 x
+    block); the LibriSpeech recipe links the folder with a relative link."""
+    assert {p.name for p in BLOCKS.glob("*.yaml")} == {f"block{n}.yaml" for n in SIZES}
+    for block in SIZES:
+        hop = round(0.4 * block)
+        assert load_mapping(BLOCKS / f"block{block}.yaml") == {
+            "stream_encoder_conf": {"block_size": block, "hop_size": hop, "look_ahead": hop}}
+    link = ROOT / "egs2" / "librispeech_100" / "asr1" / "conf" / "blocks"
+    assert link.is_symlink() and link.resolve() == BLOCKS.resolve()
+    assert not os.path.isabs(os.readlink(link))
 
 
-@pytest.mark.parametrize("key", sorted(GRID), ids=lambda k: f"{k[0]}_block{k[1]}")
+@pytest.mark.parametrize("key", GRID, ids=lambda k: f"{k[0]}_block{k[1]}")
 def test_grid_config_builds_with_its_geometry(key, token_list, tmp_path):
     method, block = key
-    path = GRID[key]
+    path = merged_grid_config(method, block, tmp_path)
     stats = tmp_path / "feats_stats.npz"
     np.savez(stats, count=np.array(100.0), sum=np.zeros(80), sum_square=np.full(80, 100.0))
     args = parse_args(path, token_list, "--normalize_conf", f"stats_file={stats}")
@@ -75,13 +100,12 @@ def test_grid_config_builds_with_its_geometry(key, token_list, tmp_path):
     assert (enc.block_size, enc.hop_size, enc.look_ahead) == (block, hop, hop)
     assert (len(enc.encoders), len(model.full_encoder.encoders)) == (12, 12)
     assert model.encoder_distill == method.split("_")[0]
-    assert f"block {block} / hop {hop} /\n# look-ahead {hop}" in path.read_text()
 
 
-@pytest.mark.parametrize("key", sorted(GRID), ids=lambda k: f"{k[0]}_block{k[1]}")
-def test_grid_config_differs_from_the_paper_config_only_in_geometry(key):
+@pytest.mark.parametrize("key", GRID, ids=lambda k: f"{k[0]}_block{k[1]}")
+def test_grid_config_differs_from_the_paper_config_only_in_geometry(key, tmp_path):
     method, block = key
-    grid = yaml.safe_load(GRID[key].read_text())
+    grid = yaml.safe_load(merged_grid_config(method, block, tmp_path).read_text())
     paper = yaml.safe_load((ROOT / "conf" / "paper" / f"joint_{method}.yaml").read_text())
     assert {k: grid["stream_encoder_conf"][k] for k in GEOMETRY} == {
         "block_size": block, "hop_size": round(0.4 * block), "look_ahead": round(0.4 * block)}
@@ -91,6 +115,34 @@ def test_grid_config_differs_from_the_paper_config_only_in_geometry(key):
         for k in GEOMETRY:
             del conf["stream_encoder_conf"][k]
     assert grid == paper
+
+
+def test_merge_config_merges_nested_keys_one_by_one(tmp_path):
+    base = {"a": 1, "conf": {"x": 1, "y": [1, 2], "deep": {"p": 1, "q": 2}}, "gone": {"k": 1}}
+    override = {"conf": {"y": [3], "deep": {"q": 5}, "new": "n"}, "b": 2, "gone": None}
+    assert merge_config(base, override) == {
+        "a": 1, "conf": {"x": 1, "y": [3], "deep": {"p": 1, "q": 5}, "new": "n"},
+        "gone": None, "b": 2}
+    assert base["conf"]["deep"] == {"p": 1, "q": 2}  # the base is not modified
+    with pytest.raises(ValueError, match=r"over.yaml: conf: x is a dict here but a int"):
+        merge_config(base, {"conf": {"x": {"z": 1}}}, "over.yaml")
+    # The command: overrides in order, a clash names the file, a header names the sources.
+    paths = []
+    for i, data in enumerate((base, {"conf": {"x": 2}}, {"conf": {"x": 3}, "a": 0})):
+        paths.append(tmp_path / f"c{i}.yaml")
+        paths[-1].write_text(yaml.safe_dump(data))
+    out = tmp_path / "exp" / "merged.yaml"
+    recipe_main(["merge_config", "--config", str(paths[0]), "--output", str(out),
+                 *map(str, paths[1:])])
+    assert yaml.safe_load(out.read_text())["conf"]["x"] == 3
+    assert yaml.safe_load(out.read_text())["a"] == 0
+    assert out.read_text().startswith(f"# Merged by `python -m dualmode_recipe merge_config`: "
+                                      f"{paths[0]} + {paths[1]} + {paths[2]}\n")
+    paths[1].write_text("conf: 5\n")
+    with pytest.raises(SystemExit) as err:
+        recipe_main(["merge_config", "--config", str(paths[0]), "--output", str(out),
+                     str(paths[1])])
+    assert f"{paths[1]}: conf is a int here but a dict" in str(err.value.code)
 
 
 # ---------------------------------------------------------------------------------------
@@ -218,7 +270,7 @@ def test_tables_and_figure_from_scored_experiments(grid_exps, tmp_path, capsys):
 
 def test_figure_lines_hold_the_scored_points(grid_exps):
     """The plotted data: one line per method and mode, x = block size from config.yaml."""
-    from espnet2_dualmode.recipe.compare import figure_points, load_experiment
+    from dualmode_recipe.compare import figure_points, load_experiment
 
     exps = [load_experiment(grid_exps[n], n, ["dev", "test"], "char") for n in ERRORS]
     lines = figure_points(exps, "stream_encoder_conf.block_size")

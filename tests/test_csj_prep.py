@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from espnet2.fileio.sound_scp import SoundScpReader
 
-from espnet2_dualmode.bin import csj_data_prep
-from espnet2_dualmode.datasets.csj import (
+from dualmode_recipe.__main__ import main as recipe_main
+from dualmode_recipe.corpora.csj import (
     connect_units,
     decode_sdb,
     prepare_csj,
     remove_duplicate_texts,
     sdb_words,
 )
-from espnet2_dualmode.datasets.kaldi_dir import Utterance
+from dualmode_recipe.kaldi_dir import Utterance
 from fake_corpora import make_fake_csj, write_stereo_dialogue
 
 FILES = ("wav.scp", "segments", "text", "utt2spk", "spk2utt")
@@ -46,7 +46,7 @@ def test_prepare_matches_expected(tmp_path, version, encoding, subset):
 def test_usb_literal_files(tmp_path):
     """The main outputs spelled out in full (subset all, usb, Shift_JIS)."""
     make_fake_csj(tmp_path / "CSJ")
-    csj_data_prep.main(["--csj_root", str(tmp_path / "CSJ"), "--csj_version", "usb",
+    recipe_main(["prep_csj", "--csj_root", str(tmp_path / "CSJ"), "--csj_version", "usb",
                         "--out", str(tmp_path / "data"), "--subset", "all",
                         "--train_dev_size", "3", "--dup_cap", "2"])
     data, wav = tmp_path / "data", (tmp_path / "CSJ" / "WAV").resolve()
@@ -144,7 +144,7 @@ def test_missing_audio_names_the_file_unless_talk_unused(tmp_path):
 def test_wrong_root_names_expected_paths(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as err:
-        csj_data_prep.main(["--csj_root", str(tmp_path / "empty"), "--csj_version", "usb",
+        recipe_main(["prep_csj", "--csj_root", str(tmp_path / "empty"), "--csj_version", "usb",
                             "--out", str(tmp_path / "data"), "--subset", "A"])
     message = str(err.value.code)
     assert f"{tmp_path}/empty/MORPH/SDB/{{core,noncore}}/<talk>.sdb" in message

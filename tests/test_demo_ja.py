@@ -12,16 +12,14 @@ import pyopenjtalk
 import pytest
 import soundfile
 
-from espnet2_dualmode.bin import make_demo_ja_corpus
-from espnet2_dualmode.datasets.demo_ja import (PEAK_LEVEL, SAMPLE_RATE, SPLITS, STAMP_NAME,
-                                               TEST_VOICES, TRAIN_VOICES, CorpusConfig,
-                                               PlannedUtterance, Voice, make_corpus,
-                                               plan_corpus, synthesize,
-                                               synthesize_utterance)
-from espnet2_dualmode.datasets.demo_ja_text import (MINUTES, TTS_ONLY_PUNCTUATION,
-                                                    Sentence, generate_sentences,
-                                                    kanji_number)
-from espnet2_dualmode.datasets.kaldi_dir import read_kaldi_map
+from dualmode_recipe.__main__ import main as recipe_main
+from dualmode_recipe.corpora.demo_ja import (PEAK_LEVEL, SAMPLE_RATE, SPLITS, STAMP_NAME,
+                                            TEST_VOICES, TRAIN_VOICES, CorpusConfig,
+                                            PlannedUtterance, Voice, make_corpus, plan_corpus,
+                                            synthesize, synthesize_utterance)
+from dualmode_recipe.corpora.demo_ja_text import (MINUTES, TTS_ONLY_PUNCTUATION, Sentence,
+                                                 generate_sentences, kanji_number)
+from dualmode_recipe.kaldi_dir import read_kaldi_map
 
 TINY = dict(num_train=3, num_dev=2, num_test=2)
 
@@ -177,9 +175,9 @@ def test_plan_splits_and_voices(tmp_path: Path) -> None:
 def _generate(root: Path, seed: int = 0, nj: int = 1, noise: bool = False,
               **sizes: int) -> Path:
     sizes = sizes or TINY
-    make_demo_ja_corpus.main(
-        ["--out_dir", str(root / "data"), "--wav_dir", str(root / "wav"), "--seed", str(seed),
-         "--nj", str(nj)] + [f"--{k}={v}" for k, v in sizes.items()]
+    recipe_main(
+        ["make_demo_ja", "--out_dir", str(root / "data"), "--wav_dir", str(root / "wav"),
+         "--seed", str(seed), "--nj", str(nj)] + [f"--{k}={v}" for k, v in sizes.items()]
         + (["--noise_snr_db", "20"] if noise else []))
     return root
 
@@ -271,10 +269,10 @@ def test_rerun_is_skipped_and_new_args_regenerate(tmp_path: Path) -> None:
 
 def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        make_demo_ja_corpus.main(["--help"])
+        recipe_main(["make_demo_ja", "--help"])
     assert exit_info.value.code == 0
     assert "--noise_snr_db" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
-        make_demo_ja_corpus.main(["--out_dir", "d", "--wav_dir", "w", "--num_test", "0"])
+        recipe_main(["make_demo_ja", "--out_dir", "d", "--wav_dir", "w", "--num_test", "0"])
     assert exit_info.value.code == 2
     assert "num_test must be >= 1" in capsys.readouterr().err

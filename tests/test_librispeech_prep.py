@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from espnet2.fileio.sound_scp import SoundScpReader
 
-from espnet2_dualmode.bin import librispeech_data_prep
-from espnet2_dualmode.datasets.librispeech import (
+from dualmode_recipe.__main__ import main as recipe_main
+from dualmode_recipe.corpora.librispeech import (
     extract_part,
     fetch_part,
     prepare_librispeech,
@@ -35,7 +35,7 @@ def _assert_dirs(out: Path, expected: dict) -> None:
 
 def test_prepare_matches_expected(tmp_path):
     expected = make_fake_librispeech(tmp_path / "corpus")
-    librispeech_data_prep.main(["--corpus_root", str(tmp_path / "corpus"),
+    recipe_main(["prep_librispeech", "--corpus_root", str(tmp_path / "corpus"),
                                 "--out", str(tmp_path / "data")])
     _assert_dirs(tmp_path / "data", expected)
     base = (tmp_path / "corpus" / "LibriSpeech").resolve()
@@ -60,7 +60,7 @@ def test_missing_part_names_expected_folder(tmp_path):
     make_fake_librispeech(tmp_path / "corpus")
     shutil.rmtree(tmp_path / "corpus" / "LibriSpeech" / "test-other")
     with pytest.raises(SystemExit) as err:
-        librispeech_data_prep.main(["--corpus_root", str(tmp_path / "corpus"),
+        recipe_main(["prep_librispeech", "--corpus_root", str(tmp_path / "corpus"),
                                     "--out", str(tmp_path / "data")])
     message = str(err.value.code)
     assert f"{tmp_path}/corpus/LibriSpeech/test-other" in message and "--download" in message
@@ -124,7 +124,7 @@ def test_prepare_with_download_fetches_only_missing_parts(tmp_path, monkeypatch)
     make_fake_librispeech(tmp_path / "corpus")
     shutil.rmtree(tmp_path / "corpus" / "LibriSpeech" / "dev-clean")
     fetched = []
-    monkeypatch.setattr("espnet2_dualmode.datasets.librispeech.fetch_part",
+    monkeypatch.setattr("dualmode_recipe.corpora.librispeech.fetch_part",
                         lambda part, root, url: fetched.append((part, root, url)))
     with pytest.raises(FileNotFoundError):  # the stub extracts nothing
         prepare_librispeech(tmp_path / "corpus", tmp_path / "data", download=True)

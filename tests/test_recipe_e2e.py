@@ -14,7 +14,9 @@ from typing import Dict
 
 import pytest
 import torch
+import yaml
 
+from dualmode_recipe.config import load_mapping, merge_config
 from recipe_sandbox import REPO, make_recipe, read_map, run_recipe
 
 HEADS = ("streaming", "rnnt", "ctc", "attention", "maskctc")
@@ -162,29 +164,45 @@ def test_recipe_configs_resolve_and_the_demo_config_builds(demo, tmp_path: Path)
 
 
 def test_comparison_of_two_recipe_runs(demo, tmp_path: Path) -> None:
-    """A second run (mse-ED instead of sp-ED) and the comparison command over both runs:
-    Table 1/2 layouts whose numbers are the runs' own CERs, and the Figure 2 PNG."""
+    """A second run (mse-ED instead of sp-ED, with a block-size override merged onto its
+    config) and the comparison command over both runs: Table 1/2 layouts whose numbers are
+    the runs' own CERs, and the Figure 2 PNG."""
     import matplotlib.image
 
     recipe, _ = demo
-    second = run_recipe(recipe, COMMON + [
-        "--tag", "e2e_mse", "--asr_config", str(REPO / "conf" / "debug" / "joint_mse_ed.yaml"),
+    base = REPO / "conf" / "debug" / "joint_mse_ed.yaml"
+    override = tmp_path / "block12.yaml"
+    override.write_text("stream_encoder_conf:\n  block_size: 12\n")
+    second_args = COMMON + [
+        "--asr_config", str(base), "--asr_config_overrides", str(override),
         "--asr_args", "--max_epoch 1", "--decode_heads", "streaming rnnt", "--stage", "10",
-        "--measure_latency", "false"], timeout=900)
+        "--measure_latency", "false"]
+    second = run_recipe(recipe, second_args, timeout=900)
     assert second.returncode == 0, second.stdout[-4000:]
+    # The default tag names the override; training read the merged config.
+    exp_mse = recipe / "exp" / "asr_joint_mse_ed_block12_raw_char_max_epoch1"
+    merged = load_mapping(exp_mse / "merged_asr_config.yaml")
+    assert merged == merge_config(load_mapping(base), load_mapping(override))
+    trained = yaml.safe_load((exp_mse / "config.yaml").read_text())["stream_encoder_conf"]
+    assert trained["block_size"] == 12
+    assert trained["hop_size"] == load_mapping(base)["stream_encoder_conf"]["hop_size"]
+    # A re-run with the same override skips statistics and training.
+    again = run_recipe(recipe, second_args + ["--stop_stage", "11"])
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert again.stdout.count("skipped: already done with the same arguments") == 2
     ref = read_map(recipe / "dump" / "raw" / "test" / "text")
     out = tmp_path / "compare"
     result = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "python"), "-m", "espnet2_dualmode.bin.compare_experiments",
-         "--exp_dirs", "exp/asr_e2e", "exp/asr_e2e_mse", "--names", "sp-run", "mse-run",
+        [str(REPO / ".venv" / "bin" / "python"), "-m", "dualmode_recipe", "compare",
+         "--exp_dirs", "exp/asr_e2e", str(exp_mse), "--names", "sp-run", "mse-run",
          "--test_sets", "test", "--unit", "char", "--output_dir", str(out),
          "--figure_x", "block_size", "--table2_block_size", "8"],
         cwd=recipe, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "comparison.md").read_text()
     assert "Table 1" in table and "Table 2" in table
-    for tag, name in (("e2e", "sp-run"), ("e2e_mse", "mse-run")):
-        decode = recipe / "exp" / f"asr_{tag}" / "decode_asr_asr_model_valid.loss.ave"
+    for exp, name in ((recipe / "exp" / "asr_e2e", "sp-run"), (exp_mse, "mse-run")):
+        decode = exp / "decode_asr_asr_model_valid.loss.ave"
         for head, mode in (("streaming", "ST"), ("rnnt", "NST")):
             hyp = read_map(decode / head / "test" / "text")
             failed = read_map(decode / head / "test" / "failed")

@@ -14,16 +14,15 @@ import pytest
 import sentencepiece
 import soundfile
 
-from espnet2_dualmode.bin import recipe_jobs
-from espnet2_dualmode.datasets.kaldi_dir import Utterance, read_kaldi_map, write_data_dir
-from espnet2_dualmode.recipe.bpe import train_bpe
-from espnet2_dualmode.recipe.cli import sample_rate
-from espnet2_dualmode.recipe.datadir import read_data_dir, write_dump_dir
-from espnet2_dualmode.recipe.filter import filter_dump_dir
-from espnet2_dualmode.recipe.format import format_data_dir
-from espnet2_dualmode.recipe.jobs import merge_decode_outputs, split_scp
-from espnet2_dualmode.recipe.results import results_markdown
-from espnet2_dualmode.recipe.speed_perturb import perturb_data_dir
+from dualmode_recipe.__main__ import main as recipe_main, parse_rate
+from dualmode_recipe.bpe import train_bpe
+from dualmode_recipe.filter import filter_dump_dir
+from dualmode_recipe.format import format_data_dir
+from dualmode_recipe.jobs import merge_decode_outputs, split_scp
+from dualmode_recipe.kaldi_dir import (Utterance, read_data_dir, read_kaldi_map, write_data_dir,
+                                       write_dump_dir)
+from dualmode_recipe.results import results_markdown
+from dualmode_recipe.speed_perturb import perturb_data_dir
 
 RATE = 16000
 
@@ -242,7 +241,7 @@ def test_split_is_contiguous_and_capped(tmp_path: Path) -> None:
 def test_split_cli_prints_the_number_of_parts(tmp_path: Path, capsys) -> None:
     scp = tmp_path / "wav.scp"
     scp.write_text("a x\nb y\n")
-    recipe_jobs.main(["split", "--scp", str(scp), "--num_splits", "4",
+    recipe_main(["split", "--scp", str(scp), "--num_splits", "4",
                       "--out_dir", str(tmp_path / "o"), "--name", "train"])
     assert capsys.readouterr().out.strip() == "2"
     assert (tmp_path / "o" / "train.2.scp").read_text() == "b y\n"
@@ -303,14 +302,14 @@ def test_bpe_model_has_the_requested_vocabulary(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text, rate", [("16k", 16000), ("16000", 16000), ("8K", 8000),
                                         ("22.05k", 22050)])
-def test_sample_rate(text: str, rate: int) -> None:
-    assert sample_rate(text) == rate
+def test_parse_rate(text: str, rate: int) -> None:
+    assert parse_rate(text) == rate
 
 
 @pytest.mark.parametrize("text", ["fast", "0", "-16k"])
-def test_sample_rate_rejects(text: str) -> None:
+def test_parse_rate_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        sample_rate(text)
+        parse_rate(text)
 
 
 # ------------------------------------------------------------------ results

@@ -1,4 +1,4 @@
-"""Tests of espnet2_dualmode.scoring and the score CLI.
+"""Tests of dualmode_recipe.scoring and the score command.
 
 References used:
 - NIST sclite (run when installed; CI installs sctk): per-utterance and total counts of
@@ -24,12 +24,12 @@ from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
-from espnet2_dualmode.bin import score as score_cli
-from espnet2_dualmode.scoring import (
+from dualmode_recipe.__main__ import main as recipe_main
+from dualmode_recipe.scoring import (
     AlignCounts, align, count_errors, find_sclite, sclite_percent, sclite_words, score,
     tokenize,
 )
-from espnet2_dualmode.scoring import sclite as sclite_mod
+from dualmode_recipe.scoring import sclite as sclite_mod
 
 SCLITE = find_sclite()
 needs_sclite = pytest.mark.skipif(SCLITE is None, reason="sclite (SCTK) is not installed")
@@ -315,7 +315,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     ref2 = _write(tmp_path / "data/eval2/text", ["v1 a b c"])
     hyp2 = _write(tmp_path / "exp/eval2/text", ["v1 a c"])
     out = tmp_path / "exp/score"
-    score_cli.main(["--set", "eval1", str(ref1), str(hyp1), "--set", "eval2", str(ref2),
+    recipe_main(["score", "--set", "eval1", str(ref1), str(hyp1), "--set", "eval2", str(ref2),
                     str(hyp2), "--unit", "char", "--unit", "word", "--output_dir", str(out),
                     "--backend", "python", "--json"])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -334,7 +334,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "(s1-u1)" in (out / "eval1/score_cer/ref.trn").read_text(encoding="utf-8")
     assert records[3]["percent"]["Err"] == 33.3
 
-    score_cli.main(["--ref_text", str(ref2), "--hyp_text", str(hyp2), "--output_dir",
+    recipe_main(["score", "--ref_text", str(ref2), "--hyp_text", str(hyp2), "--output_dir",
                     str(tmp_path / "single"), "--backend", "python"])
     md = capsys.readouterr().out
     assert "### CER" in md and "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|" in md
@@ -347,17 +347,17 @@ def test_cli_errors(tmp_path, capsys):
     ref = _write(tmp_path / "ref/text", ["u1 a b"])
     hyp = _write(tmp_path / "hyp/text", ["u1 a b", "stray_utt c"])
     with pytest.raises(SystemExit) as exc:
-        score_cli.main(["--ref_text", str(ref), "--hyp_text", str(hyp),
+        recipe_main(["score", "--ref_text", str(ref), "--hyp_text", str(hyp),
                         "--output_dir", str(tmp_path / "o"), "--backend", "python"])
     assert "stray_utt" in str(exc.value.code) and str(hyp) in str(exc.value.code)
     tabbed = _write(tmp_path / "tab/text", ["u1\ta b"])
     with pytest.raises(SystemExit) as exc:
-        score_cli.main(["--ref_text", str(tabbed), "--hyp_text", str(tabbed),
+        recipe_main(["score", "--ref_text", str(tabbed), "--hyp_text", str(tabbed),
                         "--output_dir", str(tmp_path / "o")])
     assert "whitespace" in str(exc.value.code)
     with pytest.raises(SystemExit) as exc:
-        score_cli.main(["--output_dir", str(tmp_path / "o")])
+        recipe_main(["score", "--output_dir", str(tmp_path / "o")])
     assert exc.value.code == 2
     with pytest.raises(SystemExit) as exc:
-        score_cli.main(["--help"])
+        recipe_main(["score", "--help"])
     assert exc.value.code == 0 and "score_cer" in capsys.readouterr().out

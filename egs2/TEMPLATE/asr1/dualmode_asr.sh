@@ -55,7 +55,11 @@ token_listdir=data/token_list
 
 # Training
 asr_config=              # training config (required)
+asr_config_overrides=    # YAMLs holding only changed keys, deep-merged onto --asr_config in
+                         # order, "a.yaml b.yaml"; the merged config goes to the experiment
 asr_args=                # extra training options, e.g. "--max_epoch 1"
+preflight_batches=2      # before epoch 1, forward+backward on the K largest training batches:
+                         # peak memory is logged, an out-of-memory names the batch (0: off)
 tag=                     # experiment name: exp/asr_<tag> (default: from config and tokens)
 asr_stats_dir=           # default: exp/asr_stats_raw_<token_type>[<nbpe>][_sp]
 
@@ -102,7 +106,12 @@ Options (default in brackets):
   --blank, --oov, --sos_eos special tokens [${blank} ${oov} ${sos_eos}]
   --token_listdir           [${token_listdir}]
   --asr_config              training config (required)
+  --asr_config_overrides    YAMLs of changed keys merged onto it (nested keys one by one),
+                            "conf/a.yaml conf/b.yaml"; the experiment trains on the merged
+                            exp/asr_<tag>/merged_asr_config.yaml and its default tag gets
+                            _<override name> per file [${asr_config_overrides}]
   --asr_args                extra training options [${asr_args}]
+  --preflight_batches       largest batches tried before training, 0 = off [${preflight_batches}]
   --tag                     experiment name, exp/asr_<tag> [from config and tokens]
   --asr_stats_dir           statistics folder [exp/asr_stats_raw_<tokens>]
   --decode_heads            heads/modes to decode; "streaming" runs the chunk-wise
@@ -134,7 +143,7 @@ python=${PYTHON:?path.sh sets PYTHON}
 for name in train_set valid_set test_sets asr_config; do
     [ -n "${!name}" ] || usage_error "--${name} is required"
 done
-for name in stage stop_stage ngpu nj nbpe sim_chunk_length latency_max_utts; do
+for name in stage stop_stage ngpu nj nbpe sim_chunk_length latency_max_utts preflight_batches; do
     [[ "${!name}" =~ ^[0-9]+$ ]] || usage_error "--${name} must be a non-negative integer, got '${!name}'"
 done
 [ "${nj}" -ge 1 ] || usage_error "--nj must be >= 1"
@@ -246,13 +255,13 @@ num_lines() {
 }
 
 config_value() {
-    "${python}" -m espnet2_dualmode.bin.recipe_config --config "$1" --key "$2"
+    "${python}" -m dualmode_recipe config_value --config "$1" --key "$2"
 }
 
 # ---------------------------------------------------------------------------------------
 # Derived names (ESPnet's layout)
 # ---------------------------------------------------------------------------------------
-fs_hz=$("${python}" -c 'import sys; from espnet2_dualmode.recipe.cli import sample_rate; print(sample_rate(sys.argv[1]))' "${fs}" 2>/dev/null) \
+fs_hz=$("${python}" -m dualmode_recipe rate "${fs}" 2>/dev/null) \
     || usage_error "--fs must be a rate such as 16k or 16000, got '${fs}'"
 data_feats=${dumpdir}/raw
 orig_train_set=${train_set}
@@ -276,12 +285,21 @@ token_opts=("${tokenizer_opts[@]}" --token_list "${token_list}"
             --non_linguistic_symbols "${nlsyms_txt}" --cleaner none --g2p none)
 sp_suffix=${speed_perturb_factors:+_sp}
 if [ -z "${tag}" ]; then
-    tag="$(basename "${asr_config}" .yaml)_raw_${token_suffix}${sp_suffix}"
+    tag=$(basename "${asr_config}" .yaml)
+    for override in ${asr_config_overrides}; do tag+="_$(basename "${override}" .yaml)"; done
+    tag+="_raw_${token_suffix}${sp_suffix}"
     if [ -n "${asr_args}" ]; then
         tag+="$(echo "${asr_args}" | sed -e 's/--/_/g' -e 's/[ |=/]//g')"
     fi
 fi
 asr_exp=${expdir}/asr_${tag}
+# The config that stages 10-11 read: --asr_config itself, or the experiment's own merge of
+# it with --asr_config_overrides (written below, before stage 10).
+if [ -n "${asr_config_overrides}" ]; then
+    train_config=${asr_exp}/merged_asr_config.yaml
+else
+    train_config=${asr_config}
+fi
 asr_stats_dir=${asr_stats_dir:-${expdir}/asr_stats_raw_${token_suffix}${sp_suffix}}
 if [ -z "${inference_tag}" ]; then
     inference_tag="$(basename "${inference_config:-decode_default}" .yaml)_asr_model_$(echo "${inference_asr_model}" | sed -e 's#/#_#g' -e 's/\.[^.]*$//')"
@@ -322,7 +340,7 @@ if [ -n "${speed_perturb_factors}" ] && [ "${stage}" -le 2 ] && [ "${stop_stage}
         "upstream=$(hash_of data/.done_stage1)")
     if ! already_done "data/${train_set}/.done_stage2" "${sig}"; then
         # shellcheck disable=SC2086
-        run_logged "${python}" -m espnet2_dualmode.bin.recipe_speed_perturb \
+        run_logged "${python}" -m dualmode_recipe speed_perturb \
             --src "data/${orig_train_set}" --dst "data/${train_set}" \
             --factors ${speed_perturb_factors} --nj "${nj}"
         mark_done "data/${train_set}/.done_stage2" "${sig}"
@@ -364,7 +382,7 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
         sig=$(printf '%s\n' "src=data/${dset}" "fs=${fs_hz}" "audio_format=${audio_format}" \
             "upstream=${upstream}")
         if ! already_done "${out}/.done_stage3" "${sig}"; then
-            run_logged "${python}" -m espnet2_dualmode.bin.recipe_format --src "data/${dset}" \
+            run_logged "${python}" -m dualmode_recipe format --src "data/${dset}" \
                 --dst "${out}" --fs "${fs_hz}" --audio_format "${audio_format}" --nj "${nj}"
             mark_done "${out}/.done_stage3" "${sig}"
         fi
@@ -380,7 +398,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
         sig=$(printf '%s\n' "min=${min_wav_duration}" "max=${max_wav_duration}" \
             "upstream=$(hash_of "${data_feats}/org/${dset}/.done_stage3")")
         if ! already_done "${data_feats}/${dset}/.done_stage4" "${sig}"; then
-            run_logged "${python}" -m espnet2_dualmode.bin.recipe_filter \
+            run_logged "${python}" -m dualmode_recipe filter \
                 --src "${data_feats}/org/${dset}" --dst "${data_feats}/${dset}" --fs "${fs_hz}" \
                 --min_duration "${min_wav_duration}" --max_duration "${max_wav_duration}"
             grep -h "kept .* utterances" "${stage_log}" | tail -n 1 | sed 's/^.*INFO: /  /'
@@ -403,7 +421,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         if [ "${token_type}" = bpe ]; then
             nlsyms_opts=()
             if [ "${nlsyms_txt}" != none ]; then nlsyms_opts=(--nlsyms "${nlsyms_txt}"); fi
-            run_logged "${python}" -m espnet2_dualmode.bin.recipe_bpe \
+            run_logged "${python}" -m dualmode_recipe bpe \
                 --text "${data_feats}/${train_set}/text" --model_prefix "${bpeprefix}" \
                 --vocab_size "${nbpe}" --model_type "${bpemode}" \
                 --character_coverage "${bpe_char_cover}" "${nlsyms_opts[@]}"
@@ -426,13 +444,20 @@ data_opts=(
     --valid_data_path_and_name_and_type "${data_feats}/${valid_set}/text,text,text"
 )
 if [ "${stop_stage}" -ge 10 ] && [ "${stage}" -le 11 ]; then
-    if [ ! -f "${asr_config}" ]; then
-        echo "$0: --asr_config ${asr_config}: no such file" >&2
-        exit 1
+    for f in "${asr_config}" ${asr_config_overrides}; do
+        if [ ! -f "${f}" ]; then
+            echo "$0: --asr_config/--asr_config_overrides ${f}: no such file" >&2
+            exit 1
+        fi
+    done
+    if [ -n "${asr_config_overrides}" ]; then
+        # shellcheck disable=SC2086
+        "${python}" -m dualmode_recipe merge_config --config "${asr_config}" \
+            --output "${train_config}" ${asr_config_overrides}
     fi
     # global_mvn reads the statistics of stage 10: stage 10 runs without it (the features
     # it collects come before normalization) and stage 11 points it at the statistics.
-    if [ "$(config_value "${asr_config}" normalize)" = global_mvn ]; then
+    if [ "$(config_value "${train_config}" normalize)" = global_mvn ]; then
         stats_normalize_opts=(--normalize none)
         train_normalize_opts=(--normalize_conf "stats_file=${asr_stats_dir}/train/feats_stats.npz")
     else
@@ -446,8 +471,8 @@ fi
 # ---------------------------------------------------------------------------------------
 if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 10 ]; then
     begin_stage 10 "${asr_stats_dir}/logs" "statistics of ${train_set} and ${valid_set} -> ${asr_stats_dir}"
-    sig=$(printf '%s\n' "frontend=$(config_value "${asr_config}" frontend)" \
-        "frontend_conf=$(config_value "${asr_config}" frontend_conf)" "asr_args=${asr_args}" \
+    sig=$(printf '%s\n' "frontend=$(config_value "${train_config}" frontend)" \
+        "frontend_conf=$(config_value "${train_config}" frontend_conf)" "asr_args=${asr_args}" \
         "fs=${fs_hz}" "token_list=$(hash_of "${token_list}")" \
         "train=$(hash_of "$(final_marker "${train_set}")")" \
         "valid=$(hash_of "$(final_marker "${valid_set}")")")
@@ -458,7 +483,7 @@ if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 10 ]; then
             "$(num_lines "${data_feats}/${valid_set}/wav.scp")")")
         for part in train valid; do
             if [ "${part}" = train ]; then dset=${train_set}; else dset=${valid_set}; fi
-            run_logged "${python}" -m espnet2_dualmode.bin.recipe_jobs split \
+            run_logged "${python}" -m dualmode_recipe split \
                 --scp "${data_feats}/${dset}/wav.scp" --num_splits "${_nj}" \
                 --out_dir "${logdir}" --name "${part}"
         done
@@ -467,7 +492,7 @@ if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 10 ]; then
             --collect_stats true --use_preprocessor true "${token_opts[@]}" "${data_opts[@]}" \
             --train_shape_file "${logdir}/train.JOB.scp" \
             --valid_shape_file "${logdir}/valid.JOB.scp" \
-            --output_dir "${logdir}/stats.JOB" --config "${asr_config}" \
+            --output_dir "${logdir}/stats.JOB" --config "${train_config}" \
             --frontend_conf "fs=${fs_hz}" "${stats_normalize_opts[@]}" ${asr_args}
         stats_dirs=()
         for i in $(seq 1 "${_nj}"); do stats_dirs+=(--input_dir "${logdir}/stats.${i}"); done
@@ -487,8 +512,8 @@ fi
 # Stage 11: training (a re-run resumes from the last checkpoint: --resume true)
 # ---------------------------------------------------------------------------------------
 if [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 11 ]; then
-    begin_stage 11 "${asr_exp}/logs" "training ${asr_exp} (config ${asr_config}, ngpu ${ngpu})"
-    sig=$(printf '%s\n' "config=$(hash_of "${asr_config}")" "asr_args=${asr_args}" \
+    begin_stage 11 "${asr_exp}/logs" "training ${asr_exp} (config ${train_config}, ngpu ${ngpu})"
+    sig=$(printf '%s\n' "config=$(hash_of "${train_config}")" "asr_args=${asr_args}" \
         "fs=${fs_hz}" "stats=$(hash_of "${asr_stats_dir}/.done_stage10")")
     if ! already_done "${asr_exp}/.done_stage11" "${sig}"; then
         # A script that resumes this experiment with the same arguments.
@@ -507,7 +532,8 @@ if [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 11 ]; then
             --valid_shape_file "${asr_stats_dir}/valid/speech_shape" \
             --valid_shape_file "${asr_stats_dir}/valid/text_shape.${token_type}" \
             --fold_length 80000 --fold_length 150 --resume true \
-            --output_dir "${asr_exp}" --config "${asr_config}" --ngpu "${ngpu}" \
+            --output_dir "${asr_exp}" --config "${train_config}" --ngpu "${ngpu}" \
+            --preflight_batches "${preflight_batches}" \
             --frontend_conf "fs=${fs_hz}" "${train_opts[@]}" ${asr_args})
         if [ "${ngpu}" -eq 0 ] && [ "${cpu_train_procs}" -gt 1 ]; then
             # Several single-threaded CPU processes (DDP over gloo): OpenMP threads of one
@@ -560,7 +586,7 @@ if [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 12 ]; then
             if already_done "${dir}/.done_stage12" "${sig}"; then continue; fi
             logdir=${dir}/logdir
             rm -rf "${logdir}"
-            _nj=$("${python}" -m espnet2_dualmode.bin.recipe_jobs split \
+            _nj=$("${python}" -m dualmode_recipe split \
                 --scp "${data_feats}/${dset}/wav.scp" --num_splits "${inference_nj}" \
                 --out_dir "${logdir}" --name keys 2>> "${stage_log}")
             # shellcheck disable=SC2086
@@ -571,7 +597,7 @@ if [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 12 ]; then
                 --ngpu "${inference_ngpu}" "${config_opts[@]}" ${inference_args}
             job_dirs=()
             for i in $(seq 1 "${_nj}"); do job_dirs+=("${logdir}/output.${i}"); done
-            run_logged "${python}" -m espnet2_dualmode.bin.recipe_jobs merge \
+            run_logged "${python}" -m dualmode_recipe merge \
                 --keys "${data_feats}/${dset}/wav.scp" --out_dir "${dir}" "${job_dirs[@]}"
             if [ -s "${dir}/failed" ]; then
                 log "warning: $(num_lines "${dir}/failed") utterance(s) of ${dset} failed to decode with ${head}: see ${dir}/failed"
@@ -635,14 +661,14 @@ if [ "${stage}" -le 13 ] && [ "${stop_stage}" -ge 13 ]; then
                 dir=${decode_root}/${head}/${dset}
                 [ -f "${dir}/text" ] || { log "error: ${dir}/text does not exist (decode first: stage 12)"; exit 1; }
                 echo "# score ${dir}" >> "${stage_log}"
-                "${python}" -m espnet2_dualmode.bin.score --ref_text "${data_feats}/${dset}/text" \
+                "${python}" -m dualmode_recipe score --ref_text "${data_feats}/${dset}/text" \
                     --hyp_text "${dir}/text" --name "${dset}" "${unit_opts[@]}" \
                     "${nlsyms_opts[@]}" --output_dir "${dir}" --json \
                     > "${dir}/scores.json" 2>> "${stage_log}"
             done
         done
         # shellcheck disable=SC2086
-        run_logged "${python}" -m espnet2_dualmode.bin.recipe_results --decode_dir "${decode_root}" \
+        run_logged "${python}" -m dualmode_recipe results --decode_dir "${decode_root}" \
             --heads ${decode_heads} --test_sets ${test_sets} --units ${score_units} \
             --title "${asr_exp} (${inference_tag}, ${inference_asr_model})" \
             "${latency_opts[@]}" --output "${asr_exp}/RESULTS.md"

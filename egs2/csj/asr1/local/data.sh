@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Stage 1 of CSJ: Kaldi data dirs train_nodup, train_nodev, train_dev and eval1-3 from the
-# SDB transcripts (espnet2_dualmode.bin.csj_data_prep; see /work/shared/notes/csj_format.md).
+# SDB transcripts (python -m dualmode_recipe prep_csj). CSJ is read as distributed: per talk
+# an SDB file (one word per line with its unit's start/end times) and its WAV audio, in the
+# usb, dvd or merl layout of the copy (see the CSJ documentation; the expected paths of each
+# layout are in dualmode_recipe/corpora/csj.py).
 set -euo pipefail
 
 # shellcheck disable=SC1091
@@ -23,6 +26,6 @@ if [ -z "${csj_root}" ]; then
     echo "$0: where is CSJ? Set CSJDATATOP in db.sh (or the environment), or pass --local_data_opts \"--csj_root DIR\"" >&2
     exit 1
 fi
-"${PYTHON}" -m espnet2_dualmode.bin.csj_data_prep --csj_root "${csj_root}" \
+"${PYTHON}" -m dualmode_recipe prep_csj --csj_root "${csj_root}" \
     --csj_version "${csj_version}" --out data --subset "${subset}" \
     --train_dev_size "${train_dev_size}" --dup_cap "${dup_cap}"

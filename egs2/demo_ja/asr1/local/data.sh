@@ -21,6 +21,6 @@ help_message="Usage: $0 [--num_train N] [--num_dev N] [--num_test N] [--seed S] 
 
 noise_opts=()
 if [ -n "${noise_snr_db}" ]; then noise_opts=(--noise_snr_db "${noise_snr_db}"); fi
-"${PYTHON}" -m espnet2_dualmode.bin.make_demo_ja_corpus --out_dir data --wav_dir "${wav_dir}" \
+"${PYTHON}" -m dualmode_recipe make_demo_ja --out_dir data --wav_dir "${wav_dir}" \
     --num_train "${num_train}" --num_dev "${num_dev}" --num_test "${num_test}" \
     --seed "${seed}" --nj "${nj}" "${noise_opts[@]}"

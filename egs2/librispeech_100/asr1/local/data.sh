@@ -22,5 +22,5 @@ case "${download}" in
     false) ;;
     *) echo "$0: --download must be true or false, got '${download}'" >&2; exit 2 ;;
 esac
-"${PYTHON}" -m espnet2_dualmode.bin.librispeech_data_prep --corpus_root "${corpus_root}" \
+"${PYTHON}" -m dualmode_recipe prep_librispeech --corpus_root "${corpus_root}" \
     --out data "${download_opts[@]}"
