@@ -1,14 +1,19 @@
 """The dual-mode ASR model: streaming and full-context recognition in one network.
 
-Paper equations (../shared/papers/joint_streaming_nonstreaming_multidecoder_kd.md), each
-computed in one named place:
+Paper equations (Shakeel et al., "Joint Optimization of Streaming and Non-Streaming ASR with
+Multi-Decoder and Knowledge Distillation", arXiv 2405.13514), each computed in one named place:
 
-- Eq. (2)-(3) cascade: ``H_st = stream_encoder(X)``, ``H_te = full_encoder(H_st)`` -> :meth:`encode_layers`
-- Eq. (4)  L_onl, streaming RNN-T                     -> :meth:`_rnnt_loss` on H_st
-- Eq. (5)  L_ctc, Eq. (6) L_rnnt, Eq. (7) L_att, Eq. (8) L_mlm on H_te -> ``_*_loss`` methods
-- Eq. (9)  L_off = sum of the weighted offline losses -> :meth:`forward`
-- Eq. (10)-(12) sp-KD -> :func:`espnet2_dualmode.losses.sp_kd_loss` (sp-ED, sp-DD; mse-ED baseline)
-- Eq. (13) L = lambda_onl L_onl + lambda_off L_off + lambda_dist L_dist -> :meth:`forward`
+- Eq. (2)-(3) cascade: ``H_st = stream_encoder(X)``, ``H_te = full_encoder(H_st)`` -> :meth:`encode_features`
+- Eq. (4)  L_onl, streaming RNN-T -> :meth:`_rnnt_loss` on H_st (its prediction net:
+  :meth:`_prediction_states`)
+- Eq. (5)  L_ctc (ESPnet's ``CTC``), Eq. (6) L_rnnt (:meth:`_rnnt_loss`), Eq. (7) L_att
+  (:meth:`_att_loss`), Eq. (8) L_mlm (:meth:`_mlm_loss`), all on H_te
+- Eq. (9)  L_off = sum of the weighted offline losses -> :meth:`_offline_loss`
+- Eq. (10)-(12) sp-KD of one layer pair -> :func:`espnet2_dualmode.losses.sp_kd_loss` (mse-ED
+  baseline: :func:`espnet2_dualmode.losses.mse_distill_loss`); summed over the layer pairs
+  -> :meth:`_encoder_distill_loss` (sp-ED, mse-ED), :meth:`_decoder_distill_loss` (sp-DD)
+- L_dist of Eq. (13), the sum of the configured distillation terms -> :meth:`_distill_loss`
+- Eq. (13) L = lambda_onl L_onl + lambda_off L_off + lambda_dist L_dist -> :meth:`_objective`
 
 Not in the paper, both off by default, for short CPU runs (the demo): without a CTC term on
 the streaming encoder, RNN-T and attention losses first learn the label prior and the
@@ -52,6 +57,7 @@ from espnet2_dualmode.decoding.transducer_search import greedy_search
 from espnet2_dualmode.encoders.contextual_block_conformer import ContextualBlockConformerEncoder
 from espnet2_dualmode.encoders.full_context_conformer import FullContextConformerEncoder
 from espnet2_dualmode.losses import mse_distill_loss, pruned_rnnt_loss, rnnt_loss, sp_kd_loss
+from espnet2_dualmode.train.collective_errors import raise_on_every_rank
 
 
 class EncoderOutputs(NamedTuple):
@@ -174,6 +180,14 @@ class DualModeASRModel(AbsESPnetModel):
         self._check_configuration()
 
     # ----- configuration -------------------------------------------------------------
+    @property
+    def offline_rnnt(self) -> Tuple[Optional[TransducerDecoder], Optional[JointNetwork]]:
+        """(prediction net, joint network) of the offline RNN-T: the streaming pair with
+        ``shared_rnnt``, else the offline pair (None where absent)."""
+        if self.shared_rnnt:
+            return self.stream_decoder, self.stream_joint
+        return self.rnnt_decoder, self.rnnt_joint
+
     def _check_configuration(self) -> None:
         """Every weighted loss needs its modules and every module needs a weight."""
         errors = []
@@ -182,7 +196,7 @@ class DualModeASRModel(AbsESPnetModel):
         if self.online_weight > 0 and (self.stream_encoder is None or self.stream_decoder is None):
             errors.append("online_weight > 0 needs stream_encoder and the streaming RNN-T")
         offline_heads = {"ctc": self.ctc, "att": self.att_decoder, "mlm": self.mlm_decoder,
-                         "rnnt": self.stream_decoder if self.shared_rnnt else self.rnnt_decoder}
+                         "rnnt": self.offline_rnnt[0]}
         for name, head in offline_heads.items():
             weight = self.offline_weights[name] * self.offline_weight
             if weight > 0 and (head is None or self.full_encoder is None):
@@ -216,35 +230,29 @@ class DualModeASRModel(AbsESPnetModel):
             raise ValueError("invalid DualModeASRModel configuration: " + "; ".join(errors))
 
     # ----- features and encoders -----------------------------------------------------
-    def _extract_feats(
-        self, speech: torch.Tensor, speech_lengths: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        speech = speech[:, : speech_lengths.max()]
-        if self.frontend is not None:
-            return self.frontend(speech, speech_lengths)
-        return speech, speech_lengths
-
     def collect_feats(
         self, speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs
     ) -> Dict[str, torch.Tensor]:
-        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
-        return {"feats": feats, "feats_lengths": feats_lengths}
+        """ESPnet's statistics hook: the frontend's features, before SpecAugment and
+        normalisation (speech as-is without a frontend)."""
+        speech = speech[:, : speech_lengths.max()]
+        if self.frontend is not None:
+            speech, speech_lengths = self.frontend(speech, speech_lengths)
+        return {"feats": speech, "feats_lengths": speech_lengths}
 
-    def _features(self, speech: torch.Tensor, speech_lengths: torch.Tensor
-                  ) -> Tuple[torch.Tensor, torch.Tensor]:
-        feats, lengths = self._extract_feats(speech, speech_lengths)
+    def features(self, speech: torch.Tensor, speech_lengths: torch.Tensor
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The encoders' input X (B, T, F): frontend, SpecAugment (training only), normalisation."""
+        raw = self.collect_feats(speech, speech_lengths)
+        feats, lengths = raw["feats"], raw["feats_lengths"]
         if self.specaug is not None and self.training:
             feats, lengths = self.specaug(feats, lengths)
         if self.normalize is not None:
             feats, lengths = self.normalize(feats, lengths)
         return feats, lengths
 
-    def encode_layers(self, speech: torch.Tensor, speech_lengths: torch.Tensor) -> EncoderOutputs:
-        """Eq. (2)-(3): H_st = STConEncoder(X), H_te = NSTConEncoder(H_st), with all layers."""
-        return self.encode_features(*self._features(speech, speech_lengths))
-
     def encode_features(self, feats: torch.Tensor, lengths: torch.Tensor) -> EncoderOutputs:
-        """The encoders on already extracted (and normalised) features (B, T, F)."""
+        """Eq. (2)-(3): H_st = STConEncoder(X), H_te = NSTConEncoder(H_st), with all layers."""
         stream, stream_layers = None, []
         if self.stream_encoder is not None:
             stream, lengths, stream_layers = self.stream_encoder.forward_layers(feats, lengths)
@@ -256,24 +264,47 @@ class DualModeASRModel(AbsESPnetModel):
 
     def encode(self, speech: torch.Tensor, speech_lengths: torch.Tensor
                ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
-        """Returns (streaming_out H_st, full_context_out H_te, out_lengths)."""
-        out = self.encode_layers(speech, speech_lengths)
+        """ESPnet's encode: (streaming_out H_st, full_context_out H_te, out_lengths)."""
+        out = self.encode_features(*self.features(speech, speech_lengths))
         return out.stream, out.full, out.lengths
 
     # ----- training ------------------------------------------------------------------
     def forward(
         self,
-        speech: torch.Tensor,
-        speech_lengths: torch.Tensor,
-        text: torch.Tensor,
-        text_lengths: torch.Tensor,
+        speech: Optional[torch.Tensor] = None,
+        speech_lengths: Optional[torch.Tensor] = None,
+        text: Optional[torch.Tensor] = None,
+        text_lengths: Optional[torch.Tensor] = None,
+        utt_id: Optional[Sequence[str]] = None,
+        batch_error: Optional[str] = None,
         **kwargs,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
-        """Eq. (13). Returns (loss, stats, batch size) as ESPnet's Trainer expects."""
+        """Eq. (13). Returns (loss, stats, batch size) as ESPnet's Trainer expects.
+
+        ``utt_id`` (passed by ESPnet's Trainer) names the batch in errors. ``batch_error``
+        is the error of a batch the collate function could not build: under DDP it travels
+        with the batch and is raised here, so that every rank stops at the same step. Under
+        DDP any failure on any rank raises
+        :class:`espnet2_dualmode.train.collective_errors.RankError` on every rank.
+        """
+        with raise_on_every_rank(self, next(self.parameters()).device, utt_id):
+            if batch_error is not None:
+                raise ValueError(batch_error)
+            return self._objective(speech, speech_lengths, text, text_lengths)
+
+    def _objective(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor, text: torch.Tensor,
+        text_lengths: torch.Tensor,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        """Eq. (13) on one batch: (loss, stats, batch size).
+
+        L = lambda_onl L_onl + lambda_off L_off + lambda_dist L_dist, plus the auxiliary
+        streaming CTC term when configured; during the CTC warm-up only the CTC losses.
+        """
         batch_size = speech.size(0)
         text = text[:, : text_lengths.max()]
         self._check_tokens(text, text_lengths)
-        enc = self.encode_layers(speech, speech_lengths)
+        enc = self.encode_features(*self.features(speech, speech_lengths))
         if self._ctc_warmup_step():
             loss, stats = self._ctc_warmup_loss(enc, text, text_lengths)
             loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
@@ -282,10 +313,11 @@ class DualModeASRModel(AbsESPnetModel):
         loss = speech.new_zeros(())
 
         # Eq. (4): streaming RNN-T.
-        dec_states_stream = None
+        pred_stream = None
         if self.online_weight > 0:
-            loss_onl, dec_states_stream = self._rnnt_loss(
-                self.stream_decoder, self.stream_joint, enc.stream, enc.lengths, text, text_lengths)
+            pred_stream = self._prediction_states(self.stream_decoder, text, text_lengths)
+            loss_onl = self._rnnt_loss(self.stream_joint, enc.stream, enc.lengths, pred_stream,
+                                       text, text_lengths)
             loss = loss + self.online_weight * loss_onl
             stats["loss_onl"] = loss_onl.detach()
         if self.stream_ctc is not None:
@@ -293,54 +325,78 @@ class DualModeASRModel(AbsESPnetModel):
             loss = loss + self.stream_ctc_weight * loss_stream_ctc
             stats["loss_stream_ctc"] = loss_stream_ctc.detach()
 
-        # Eq. (5)-(9): offline heads on H_te.
+        att_hidden = None
         if enc.full is not None and self.offline_weight > 0:
-            loss_off = speech.new_zeros(())
-            att_hidden = None
-            if self.ctc is not None:
-                loss_ctc = self.ctc(enc.full, enc.lengths, text, text_lengths)
-                loss_off = loss_off + self.offline_weights["ctc"] * loss_ctc
-                stats["loss_ctc"] = loss_ctc.detach()
-            if self.offline_weights["rnnt"] > 0:
-                decoder = self.stream_decoder if self.shared_rnnt else self.rnnt_decoder
-                joint = self.stream_joint if self.shared_rnnt else self.rnnt_joint
-                loss_rnnt, _ = self._rnnt_loss(decoder, joint, enc.full, enc.lengths, text, text_lengths)
-                loss_off = loss_off + self.offline_weights["rnnt"] * loss_rnnt
-                stats["loss_rnnt"] = loss_rnnt.detach()
-            if self.att_decoder is not None:
-                loss_att, acc_att, att_hidden = self._att_loss(enc.full, enc.lengths, text, text_lengths)
-                loss_off = loss_off + self.offline_weights["att"] * loss_att
-                stats["loss_att"], stats["acc_att"] = loss_att.detach(), acc_att
-            if self.mlm_decoder is not None:
-                loss_mlm, acc_mlm = self._mlm_loss(enc.full, enc.lengths, text, text_lengths)
-                loss_off = loss_off + self.offline_weights["mlm"] * loss_mlm
-                stats["loss_mlm"], stats["acc_mlm"] = loss_mlm.detach(), acc_mlm
+            loss_off, off_stats, att_hidden = self._offline_loss(enc, text, text_lengths)
             loss = loss + self.offline_weight * loss_off
-            stats["loss_off"] = loss_off.detach()
+            stats.update(off_stats)
 
-        # Eq. (12): distillation, teacher = full-context side, student = streaming side.
         if self.encoder_distill or self.decoder_distill:
-            loss_dist = speech.new_zeros(())
-            if self.encoder_distill:
-                loss_ed = self._encoder_distill_loss(enc)
-                loss_dist = loss_dist + loss_ed
-                stats[f"loss_{self.encoder_distill}_ed"] = loss_ed.detach()
-            if self.decoder_distill:
-                if dec_states_stream is None:
-                    _, dec_states_stream = self._rnnt_loss(
-                        self.stream_decoder, self.stream_joint, enc.stream, enc.lengths,
-                        text, text_lengths, loss=False)
-                loss_dd = self._decoder_distill_loss(att_hidden, dec_states_stream, text_lengths)
-                loss_dist = loss_dist + loss_dd
-                stats["loss_sp_dd"] = loss_dd.detach()
+            loss_dist, dist_stats = self._distill_loss(enc, text, text_lengths, att_hidden,
+                                                       pred_stream)
             loss = loss + self.distill_weight * loss_dist
-            stats["loss_dist"] = loss_dist.detach()
+            stats.update(dist_stats)
 
         if not self.training:
             stats.update(self._error_rates(enc, text, text_lengths))
         stats["loss"] = loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return loss, stats, weight
+
+    def _offline_loss(self, enc: EncoderOutputs, text: torch.Tensor, text_lengths: torch.Tensor
+                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Optional[torch.Tensor]]:
+        """Eq. (9): L_off = sum_i w_i L_i over the offline heads on H_te (Eq. 5-8).
+
+        Returns (L_off, its reported terms, the attention decoder's hidden states (B, U+1, D)
+        for sp-DD or None without that decoder).
+        """
+        stats: Dict[str, torch.Tensor] = {}
+        loss_off = enc.lengths.new_zeros((), dtype=torch.float)
+        att_hidden = None
+        if self.ctc is not None:
+            loss_ctc = self.ctc(enc.full, enc.lengths, text, text_lengths)
+            loss_off = loss_off + self.offline_weights["ctc"] * loss_ctc
+            stats["loss_ctc"] = loss_ctc.detach()
+        if self.offline_weights["rnnt"] > 0:
+            decoder, joint = self.offline_rnnt
+            pred = self._prediction_states(decoder, text, text_lengths)
+            loss_rnnt = self._rnnt_loss(joint, enc.full, enc.lengths, pred, text, text_lengths)
+            loss_off = loss_off + self.offline_weights["rnnt"] * loss_rnnt
+            stats["loss_rnnt"] = loss_rnnt.detach()
+        if self.att_decoder is not None:
+            loss_att, acc_att, att_hidden = self._att_loss(enc.full, enc.lengths, text, text_lengths)
+            loss_off = loss_off + self.offline_weights["att"] * loss_att
+            stats["loss_att"], stats["acc_att"] = loss_att.detach(), acc_att
+        if self.mlm_decoder is not None:
+            loss_mlm, acc_mlm = self._mlm_loss(enc.full, enc.lengths, text, text_lengths)
+            loss_off = loss_off + self.offline_weights["mlm"] * loss_mlm
+            stats["loss_mlm"], stats["acc_mlm"] = loss_mlm.detach(), acc_mlm
+        stats["loss_off"] = loss_off.detach()
+        return loss_off, stats, att_hidden
+
+    def _distill_loss(self, enc: EncoderOutputs, text: torch.Tensor, text_lengths: torch.Tensor,
+                      att_hidden: Optional[torch.Tensor], pred_stream: Optional[torch.Tensor]
+                      ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """L_dist of Eq. (13): teacher = full-context side, student = streaming side.
+
+        ``att_hidden`` (sp-DD's teacher) comes from :meth:`_offline_loss`; ``pred_stream``,
+        the streaming prediction-net states of Eq. (4), is computed here when L_onl is off.
+        Returns (L_dist, its reported terms).
+        """
+        stats: Dict[str, torch.Tensor] = {}
+        loss_dist = enc.lengths.new_zeros((), dtype=torch.float)
+        if self.encoder_distill:
+            loss_ed = self._encoder_distill_loss(enc)
+            loss_dist = loss_dist + loss_ed
+            stats[f"loss_{self.encoder_distill}_ed"] = loss_ed.detach()
+        if self.decoder_distill:
+            if pred_stream is None:
+                pred_stream = self._prediction_states(self.stream_decoder, text, text_lengths)
+            loss_dd = self._decoder_distill_loss(att_hidden, pred_stream, text_lengths)
+            loss_dist = loss_dist + loss_dd
+            stats["loss_sp_dd"] = loss_dd.detach()
+        stats["loss_dist"] = loss_dist.detach()
+        return loss_dist, stats
 
     def _ctc_warmup_step(self) -> bool:
         """Counts training iterations; True while the CTC warm-up lasts."""
@@ -373,36 +429,40 @@ class DualModeASRModel(AbsESPnetModel):
             raise ValueError(f"token ids outside the vocabulary [0, {self.vocab_size}) at batch "
                              f"index {rows}: {[text[r][bad[r]].tolist() for r in rows]}")
 
+    def _blank_padded(self, text: torch.Tensor, text_lengths: torch.Tensor) -> torch.Tensor:
+        """RNN-T targets (B, U): the labels, with padding replaced by blank."""
+        valid = torch.arange(text.size(1), device=text.device) < text_lengths.unsqueeze(1)
+        return text.masked_fill(~valid, self.blank_id)
+
+    def _prediction_states(self, decoder: TransducerDecoder, text: torch.Tensor,
+                           text_lengths: torch.Tensor) -> torch.Tensor:
+        """Prediction-net outputs (B, U+1, H) for [blank] + y: the decoder side of Eq. (4)/(6)
+        and sp-DD's student."""
+        decoder.set_device(text.device)
+        dec_in = torch.nn.functional.pad(self._blank_padded(text, text_lengths), (1, 0),
+                                         value=self.blank_id)
+        return decoder(dec_in)
+
     def _rnnt_loss(
         self,
-        decoder: TransducerDecoder,
         joint: JointNetwork,
         enc_out: torch.Tensor,
         enc_lens: torch.Tensor,
+        pred_states: torch.Tensor,
         text: torch.Tensor,
         text_lengths: torch.Tensor,
-        loss: bool = True,
-    ) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
-        """Eq. (4)/(6): RNN-T NLL averaged over the batch; also the prediction-net states.
-
-        Returns (loss or None, prediction-net outputs (B, U+1, H) for [blank] + y).
-        """
-        decoder.set_device(enc_out.device)
-        valid = torch.arange(text.size(1), device=text.device) < text_lengths.unsqueeze(1)
-        targets = text.masked_fill(~valid, self.blank_id)
-        dec_in = torch.nn.functional.pad(targets, (1, 0), value=self.blank_id)
-        dec_out = decoder(dec_in)
-        if not loss:
-            return None, dec_out
+    ) -> torch.Tensor:
+        """Eq. (4)/(6): RNN-T NLL averaged over the batch, from the encoder output and the
+        prediction-net states (:meth:`_prediction_states`)."""
+        targets = self._blank_padded(text, text_lengths)
         if self.rnnt_loss_type == "pruned":
-            value, _ = pruned_rnnt_loss(joint, enc_out, dec_out, targets, enc_lens, text_lengths,
+            value, _ = pruned_rnnt_loss(joint, enc_out, pred_states, targets, enc_lens, text_lengths,
                                         blank=self.blank_id, s_range=self.pruned_s_range,
                                         simple_loss_scale=self.simple_loss_scale)
-            return value, dec_out
-        logits = joint(enc_out.unsqueeze(2), dec_out.unsqueeze(1))  # (B, T', U+1, V)
-        value = rnnt_loss(logits, targets.int(), enc_lens.int(), text_lengths.int(),
-                          blank=self.blank_id, reduction="mean", backend=self.rnnt_backend)
-        return value, dec_out
+            return value
+        logits = joint(enc_out.unsqueeze(2), pred_states.unsqueeze(1))  # (B, T', U+1, V)
+        return rnnt_loss(logits, targets.int(), enc_lens.int(), text_lengths.int(),
+                         blank=self.blank_id, reduction="mean", backend=self.rnnt_backend)
 
     def _att_loss(
         self, enc_out: torch.Tensor, enc_lens: torch.Tensor, text: torch.Tensor,
@@ -414,7 +474,7 @@ class DualModeASRModel(AbsESPnetModel):
                                                return_hs=True)
         value = self.criterion_att(logits, ys_out)
         acc = th_accuracy(logits.view(-1, self.vocab_size), ys_out, ignore_label=self.ignore_id)
-        return value, torch.tensor(acc), hidden
+        return value, torch.tensor(acc, device=value.device), hidden
 
     def _mlm_loss(
         self, enc_out: torch.Tensor, enc_lens: torch.Tensor, text: torch.Tensor,
@@ -425,7 +485,7 @@ class DualModeASRModel(AbsESPnetModel):
         logits, _ = self.mlm_decoder(enc_out, enc_lens, ys_in, text_lengths)
         value = self.criterion_mlm(logits, ys_out)
         acc = th_accuracy(logits.view(-1, self.vocab_size + 1), ys_out, ignore_label=self.ignore_id)
-        return value, torch.tensor(acc)
+        return value, torch.tensor(acc, device=value.device)
 
     def _teacher(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach() if self.detach_teacher else x
@@ -458,9 +518,8 @@ class DualModeASRModel(AbsESPnetModel):
                 self.stream_decoder, self.stream_joint, enc.stream, enc.lengths)]
         if enc.full is not None and self.offline_weight > 0:
             if self.offline_weights["rnnt"] > 0:
-                decoder = self.stream_decoder if self.shared_rnnt else self.rnnt_decoder
-                joint = self.stream_joint if self.shared_rnnt else self.rnnt_joint
-                hyps["rnnt"] = [h.tokens for h in greedy_search(decoder, joint, enc.full, enc.lengths)]
+                hyps["rnnt"] = [h.tokens for h in greedy_search(*self.offline_rnnt, enc.full,
+                                                                enc.lengths)]
             if self.ctc is not None:
                 hyps["ctc"] = [h.tokens for h in ctc_greedy(
                     self.ctc.log_softmax(enc.full), enc.lengths, self.blank_id)]
@@ -468,5 +527,6 @@ class DualModeASRModel(AbsESPnetModel):
             hyps["stream_ctc"] = [h.tokens for h in ctc_greedy(
                 self.stream_ctc.log_softmax(enc.stream), enc.lengths, self.blank_id)]
         n_ref = max(1, sum(len(r) for r in refs))
-        return {f"cer_{name}": torch.tensor(sum(editdistance.eval(h, r) for h, r in zip(hs, refs)) / n_ref)
+        return {f"cer_{name}": torch.tensor(sum(editdistance.eval(h, r) for h, r in zip(hs, refs)) / n_ref,
+                                            device=text.device)
                 for name, hs in hyps.items()}

@@ -121,17 +121,6 @@ def test_sp_kd_zero_row_is_finite() -> None:
     assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
 
 
-def test_sp_kd_half_precision_does_not_overflow() -> None:
-    gen = torch.Generator().manual_seed(3)
-    teacher = 40.0 * torch.randn(2, 50, 64, generator=gen)
-    student = 40.0 * torch.randn(2, 50, 64, generator=gen)
-    # Gram entries reach ~50*64*1600 = 5e6, beyond float16's 65504.
-    got = sp_kd_loss(teacher.half(), student.half())
-    ref = sp_kd_loss(teacher.half().float(), student.half().float())
-    assert got.dtype == torch.float32 and torch.isfinite(got)
-    assert float(got) == pytest.approx(float(ref), rel=1e-5, abs=1e-7)
-
-
 def test_sp_kd_bad_inputs() -> None:
     x = torch.randn(3, 4, 5)
     with pytest.raises(ValueError, match="batch size"):

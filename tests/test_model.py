@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from espnet2_dualmode.tasks.dualmode_asr import CheckedCollateFn, DualModeASRTask
+from espnet2_dualmode.encoders.conformer_layer import subsampled_lengths
+from espnet2_dualmode.encoders.contextual_block_conformer import min_input_frames
+from espnet2_dualmode.inference.cli import min_samples
+from espnet2_dualmode.inference.decode_list import DecodeList
+from espnet2_dualmode.tasks.dualmode_asr import CheckedCollateFn, DualModeASRTask, min_speech_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(ROOT.glob("conf/*/*.yaml"))
@@ -134,7 +138,7 @@ def test_offline_losses_reach_the_streaming_encoder(token_list):
 def test_sp_ed_gradient_goes_to_student_and_teacher_only_without_detach(token_list, detach):
     model = build(DEBUG["joint_sp_ed"], token_list, detach_teacher=detach)
     speech, lengths, _, _ = batch()
-    enc = model.encode_layers(speech, lengths)
+    enc = model.encode_features(*model.features(speech, lengths))
     # Only the distillation term: the teacher's grads can come only through L_dist.
     model._encoder_distill_loss(enc).backward()
     assert grads(model.stream_encoder) > 0
@@ -144,10 +148,9 @@ def test_sp_ed_gradient_goes_to_student_and_teacher_only_without_detach(token_li
 def test_sp_dd_gradient_goes_to_the_streaming_prediction_net_only(token_list):
     model = build(DEBUG["joint_sp_dd"], token_list)
     speech, lengths, text, text_lengths = batch()
-    enc = model.encode_layers(speech, lengths)
+    enc = model.encode_features(*model.features(speech, lengths))
     _, _, hidden = model._att_loss(enc.full, enc.lengths, text, text_lengths)
-    _, pred = model._rnnt_loss(model.stream_decoder, model.stream_joint, enc.stream, enc.lengths,
-                               text, text_lengths, loss=False)
+    pred = model._prediction_states(model.stream_decoder, text, text_lengths)
     model._decoder_distill_loss(hidden, pred, text_lengths).backward()
     assert grads(model.stream_decoder) > 0
     assert grads(model.att_decoder) == 0
@@ -176,7 +179,7 @@ def test_stream_ctc_adds_a_ctc_term_on_the_streaming_encoder(token_list):
     speech, lengths, text, text_lengths = batch()
     with torch.no_grad():
         loss, stats, _ = model(speech, lengths, text, text_lengths)
-        enc = model.encode_layers(speech, lengths)
+        enc = model.encode_features(*model.features(speech, lengths))
         # Reference: torch's CTC on the head's log-probs, summed per utterance, batch mean.
         logp = model.stream_ctc.log_softmax(enc.stream).transpose(0, 1)
         ref = torch.nn.functional.ctc_loss(logp, text.clamp(min=0), enc.lengths, text_lengths,
@@ -268,3 +271,45 @@ def test_collate_names_broken_utterances_and_counts_skips():
     feats = CheckedCollateFn(vocab_size=11, feat_dim=80, min_speech_samples=7)
     with pytest.raises(ValueError, match="utt_f: feature dimension 40, but the model reads 80"):
         feats([("utt_f", {"speech": np.zeros((50, 40), np.float32), "text": np.array([2])})])
+
+
+@pytest.mark.parametrize("frontend_conf", [
+    {"n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 20},  # the debug configs'
+    {"n_mels": 20},  # ESPnet's defaults: n_fft 512, hop 128, centred
+    {"n_fft": 400, "hop_length": 100, "center": False, "n_mels": 20},
+])
+@pytest.mark.parametrize("variant", ["st1_context_t", "nst1_conformer_t"])
+def test_minimum_input_length_is_the_shortest_that_gives_one_encoder_frame(
+        token_list, tmp_path, variant, frontend_conf):
+    """One threshold for training (collate) and decoding (decode list): the shortest
+    waveform (or feature sequence) accepted gives exactly one encoder frame, one sample
+    (frame) less gives none and is skipped or rejected."""
+    argv = ["--config", str(DEBUG[variant]), "--token_list", str(token_list)]
+    args = DualModeASRTask.get_parser().parse_args(argv)
+    args.frontend_conf = dict(frontend_conf)
+    model = DualModeASRTask.build_model(args).eval()
+    n = min_speech_samples(args.frontend_conf)
+    with torch.no_grad():
+        _, _, out_lens = model.encode(torch.randn(1, n), torch.tensor([n]))
+        assert out_lens.tolist() == [1]
+        _, feat_lens = model.features(torch.randn(1, n - 1), torch.tensor([n - 1]))
+    assert feat_lens.tolist() == [min_input_frames() - 1]
+    assert subsampled_lengths(feat_lens).tolist() == [0]  # both encoders' subsampling
+    with pytest.raises(ValueError, match="nothing to encode"):  # a clear error, before the convs
+        with torch.no_grad():
+            model.encode(torch.randn(1, n - 1), torch.tensor([n - 1]))
+
+    collate = DualModeASRTask.build_collate_fn(args, train=True)
+    text = np.array([2, 3])
+    assert collate.problem("utt_n", {"speech": np.zeros(n, np.float32), "text": text}) is None
+    assert collate.problem("utt_n-1", {"speech": np.zeros(n - 1, np.float32),
+                                       "text": text}).startswith("too short")
+    frames = min_input_frames()
+    assert collate.problem("f", {"speech": np.zeros((frames, 20), np.float32), "text": text}) is None
+    assert collate.problem("f", {"speech": np.zeros((frames - 1, 20), np.float32),
+                                 "text": text}).startswith("too short")
+
+    scp = tmp_path / "list.scp"
+    scp.write_text("utt x\n")
+    assert min_samples(args, DecodeList(str(scp), "sound")) == n
+    assert min_samples(args, DecodeList(str(scp), "kaldi_ark")) == frames

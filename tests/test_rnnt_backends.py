@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torchaudio.functional
 
+from cuda_support import needs_cuda, needs_warp_rnnt
 from espnet2_dualmode.losses import resolve_rnnt_backend, rnnt_loss
 from espnet2_dualmode.losses import transducer
 
@@ -90,10 +89,9 @@ def test_warp_rnnt_path_passes_its_input_contract(monkeypatch: pytest.MonkeyPatc
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(
-    not (torch.cuda.is_available() and importlib.util.find_spec("warp_rnnt") is not None),
-    reason="needs CUDA and warp-rnnt",
-)
+@pytest.mark.cuda
+@needs_cuda
+@needs_warp_rnnt
 def test_warp_rnnt_matches_torchaudio_on_cuda() -> None:
     gen = torch.Generator().manual_seed(0)
     t_lens = torch.tensor([40, 33, 25, 12])

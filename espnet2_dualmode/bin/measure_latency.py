@@ -5,7 +5,10 @@ Usage (one model, or several to make a table like the paper's Table 3):
         --asr_train_config exp/b40/config.yaml --asr_model_file exp/b40/valid.loss.ave.pth \
         [--asr_train_config exp/b20/config.yaml --asr_model_file exp/b20/valid.loss.ave.pth] \
         --data_path_and_name_and_type dump/raw/test/wav.scp,speech,sound \
-        --output_dir exp/latency [--chunk_length 640] [--max_utts 100]
+        --output_dir exp/latency [--chunk_length 640] [--max_utts 100] [--ngpu 1]
+
+The paper's figures are on one CPU thread (the default, --ngpu 0); --ngpu 1 runs the
+model on a CUDA device (the host side still uses one thread).
 
 Writes <output_dir>/latency.json (one object per model: rtf, algorithmic_latency_ms,
 emission_delay_p50_ms, emission_delay_p90_ms, ...) and latency.md (the table). See
@@ -24,14 +27,15 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from espnet2_dualmode.inference.cli import MIN_FEATURE_FRAMES
-from espnet2_dualmode.inference.datadir import DecodeList, Failures
+from espnet2_dualmode.inference.cli import add_device_argument, device_of
+from espnet2_dualmode.inference.decode_list import DecodeList, Failures
 from espnet2_dualmode.inference.latency import (
     SUBSAMPLING,
     reference_end_times,
     timed_recognition,
 )
 from espnet2_dualmode.inference.streaming import Speech2TextStreaming
+from espnet2_dualmode.tasks.dualmode_asr import min_speech_samples
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -44,21 +48,22 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk_length", type=int, default=640, help="samples per real-time chunk")
     p.add_argument("--beam_size", type=int, default=10)
     p.add_argument("--max_utts", type=int, default=0, help="0: every utterance")
+    add_device_argument(p)
     p.add_argument("--log_level", default="INFO")
     return p
 
 
 def measure_model(config: str, model_file: str, data: DecodeList, chunk: int, beam: int,
-                  max_utts: int) -> Dict[str, float]:
+                  max_utts: int, device: str = "cpu") -> Dict[str, float]:
     """Timing of one model over the list; delays of all tokens pooled."""
-    s2t = Speech2TextStreaming(config, model_file, beam_size=beam)
+    s2t = Speech2TextStreaming(config, model_file, beam_size=beam, device=device)
     enc = s2t.model.stream_encoder
     frame_ms = 1000.0 * SUBSAMPLING * s2t.features.hop / s2t.sample_rate
     failures = Failures()
     keys = data.keys[:max_utts] if max_utts else data.keys
     delays: List[float] = []
     audio = compute = 0.0
-    n_min = (MIN_FEATURE_FRAMES - 1) * s2t.features.hop + 1
+    n_min = min_speech_samples(s2t.train_args.frontend_conf)
     for key in keys:
         try:
             wav = data.load(key, s2t.sample_rate, n_min)
@@ -73,7 +78,7 @@ def measure_model(config: str, model_file: str, data: DecodeList, chunk: int, be
     if not audio:
         raise RuntimeError(f"no utterance of {data.path} could be measured: {failures.items[:3]}")
     return {
-        "model": model_file,
+        "model": model_file, "device": str(s2t.device),
         "block_size": enc.block_size, "hop_size": enc.hop_size, "look_ahead": enc.look_ahead,
         "block_ms": enc.block_size * frame_ms,
         "algorithmic_latency_ms": (enc.block_size + enc.look_ahead) * frame_ms,
@@ -100,9 +105,10 @@ def main(cmd: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s: %(message)s")
     if len(args.asr_train_config) != len(args.asr_model_file):
         raise SystemExit("give one --asr_model_file per --asr_train_config")
+    device = device_of(args)
     torch.set_num_threads(1)  # the paper measures on one CPU thread
     data = DecodeList.from_triple(args.data_path_and_name_and_type)
-    rows = [measure_model(c, m, data, args.chunk_length, args.beam_size, args.max_utts)
+    rows = [measure_model(c, m, data, args.chunk_length, args.beam_size, args.max_utts, device)
             for c, m in zip(args.asr_train_config, args.asr_model_file)]
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "latency.json").write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=1))

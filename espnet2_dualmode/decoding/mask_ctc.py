@@ -84,7 +84,7 @@ class MaskCTCSearch:
             raise ValueError(f"enc_out must have shape (B, T, D), got {tuple(enc_out.shape)}")
         batch, frames, _ = enc_out.shape
         if enc_lens is None:
-            enc_lens = torch.full((batch,), frames, dtype=torch.long)
+            enc_lens = torch.full((batch,), frames, dtype=torch.long, device=enc_out.device)
         enc_lens = enc_lens.to(enc_out.device)
         lens = [int(n) for n in enc_lens.tolist()]
         if len(lens) != batch or any(not 0 <= n <= frames for n in lens):
@@ -153,13 +153,12 @@ class MaskCTCSearch:
     ) -> torch.Tensor:
         """MLM log-probabilities over the real tokens for utterances ``todo`` (N, L, V)."""
         longest = max(len(tokens[b]) for b in todo)
-        ys = torch.full((len(todo), longest), self.mask_token, dtype=torch.long)
-        for row, b in enumerate(todo):
-            ys[row, : len(tokens[b])] = torch.tensor(tokens[b], dtype=torch.long)
         device = enc_out.device
+        ys = torch.tensor([tokens[b] + [self.mask_token] * (longest - len(tokens[b])) for b in todo],
+                          dtype=torch.long, device=device)
         idx = torch.tensor(todo, dtype=torch.long, device=device)
         ys_lens = torch.tensor([len(tokens[b]) for b in todo], dtype=torch.long, device=device)
         # ESPnet's decoder masks max(lens) frames: cut the subset's padding to that length
         frames = int(enc_lens[idx].max())
-        logits, _ = self.mlm(enc_out[idx, :frames], enc_lens[idx], ys.to(device), ys_lens)
+        logits, _ = self.mlm(enc_out[idx, :frames], enc_lens[idx], ys, ys_lens)
         return torch.log_softmax(logits[..., : self.mask_token], dim=-1)

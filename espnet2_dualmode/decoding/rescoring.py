@@ -1,7 +1,7 @@
 """N-best rescoring with every head, for 4D-style "joint" decoding.
 
-Each ``*_sequence_scores`` function returns log-likelihoods (N,) float64 of N candidate
-token sequences of one utterance under one head:
+Each ``*_sequence_scores`` function returns log-likelihoods (N,) float64, on the CPU, of N
+candidate token sequences of one utterance (encoded on any device) under one head:
 
 * CTC: log P_ctc(y | x), all alignments (``torch.nn.functional.ctc_loss``);
 * RNN-T: log P_rnnt(y | x), all alignments, no limit of symbols per frame
@@ -53,12 +53,10 @@ def _check_encoder(enc_out: torch.Tensor) -> None:
 
 
 def _pad(seqs: Sequence[Sequence[int]], value: int, device: torch.device) -> torch.Tensor:
-    """Right-pad token lists into a (N, max(1, longest)) long tensor."""
+    """Right-pad token lists into a (N, max(1, longest)) long tensor on ``device``."""
     longest = max([1] + [len(s) for s in seqs])
-    out = torch.full((len(seqs), longest), value, dtype=torch.long)
-    for n, s in enumerate(seqs):
-        out[n, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out.to(device)
+    rows = [list(s) + [value] * (longest - len(s)) for s in seqs]
+    return torch.tensor(rows, dtype=torch.long, device=device).view(len(seqs), longest)
 
 
 @torch.no_grad()
@@ -76,15 +74,15 @@ def ctc_sequence_scores(
     _check_encoder(enc_out)
     cands = _check_candidates(candidates, ctc.ctc_lo.out_features, {blank: "the blank"})
     if not cands:
-        return torch.zeros(0, dtype=torch.float64)
+        return torch.zeros(0, dtype=torch.float64)  # host: scores are returned on the CPU
     logp = ctc.log_softmax(enc_out.unsqueeze(0)).double()  # (1, T, V)
     frames = logp.size(1)
     targets = _pad(cands, blank, logp.device)
     nll = F.ctc_loss(
         logp.transpose(0, 1).expand(-1, len(cands), -1),
         targets,
-        torch.full((len(cands),), frames, dtype=torch.long),
-        torch.tensor([len(c) for c in cands], dtype=torch.long),
+        torch.full((len(cands),), frames, dtype=torch.long, device=logp.device),
+        torch.tensor([len(c) for c in cands], dtype=torch.long, device=logp.device),
         blank=blank,
         reduction="none",
         zero_infinity=False,
@@ -131,7 +129,7 @@ def transducer_sequence_scores(
             reduction="none",
         )
         scores.append(-nll.double().cpu())
-    return torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64)
+    return torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64)  # host: CPU scores
 
 
 @torch.no_grad()
@@ -156,7 +154,7 @@ def attention_sequence_scores(
     vocab = decoder.output_layer.out_features
     cands = _check_candidates(candidates, vocab, {sos: "sos", eos: "eos"})
     if not cands:
-        return torch.zeros(0, dtype=torch.float64)
+        return torch.zeros(0, dtype=torch.float64)  # host: scores are returned on the CPU
     device = enc_out.device
     ys_in = _pad([[sos] + c for c in cands], eos, device)
     ys_out = _pad([c + [eos] for c in cands], eos, device)
@@ -195,7 +193,7 @@ def mlm_sequence_scores(
     device = enc_out.device
     # one row per (candidate, position): the candidate with that position masked
     rows = [(n, i) for n, c in enumerate(cands) for i in range(len(c))]
-    scores = torch.zeros(len(cands), dtype=torch.float64)
+    scores = torch.zeros(len(cands), dtype=torch.float64)  # host: scores are returned on the CPU
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         ys = _pad([cands[n] for n, _ in chunk], mask_token, device)
@@ -208,7 +206,8 @@ def mlm_sequence_scores(
         logits, _ = mlm_decoder(enc, hlens, ys, lens)
         at_pos = logits[torch.arange(len(chunk), device=device), pos, :mask_token]
         lp = torch.log_softmax(at_pos.double(), dim=-1).gather(1, target.unsqueeze(1))[:, 0]
-        scores.index_add_(0, torch.tensor([n for n, _ in chunk]), lp.cpu())
+        owner = torch.tensor([n for n, _ in chunk])  # host: indexes the CPU scores
+        scores.index_add_(0, owner, lp.cpu())
     return scores
 
 
@@ -229,7 +228,7 @@ def rescore(
     Returns:
         The candidates as hypotheses with their combined score, best first.
     """
-    total = torch.zeros(len(candidates), dtype=torch.float64)
+    total = torch.zeros(len(candidates), dtype=torch.float64)  # host: sum of the CPU scores
     for name, weight in weights.items():
         if weight == 0:
             continue

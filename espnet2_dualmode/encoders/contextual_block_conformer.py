@@ -38,6 +38,15 @@ from espnet2_dualmode.encoders.conformer_layer import (
 SUBSAMPLING = 4
 
 
+def min_input_frames() -> int:
+    """Fewest input feature frames that give one encoder frame (7), the inverse of
+    ``subsampled_lengths`` at 1."""
+    frames = 1
+    for _ in range(2):  # each 3x3/stride-2 convolution needs 2n + 1 inputs for n outputs
+        frames = 2 * frames + 1
+    return frames
+
+
 @dataclass
 class BlockStreamState:
     """What :meth:`ContextualBlockConformerEncoder.forward_incremental` carries between calls.
@@ -125,7 +134,9 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
 
     def num_blocks_for(self, length: int) -> int:
         """Blocks needed to emit ``length`` subsampled frames."""
-        return 0 if length <= 0 else int(self.block_of(torch.tensor(length - 1))) + 1
+        if length <= 0:
+            return 0
+        return int(self.block_of(torch.tensor(length - 1))) + 1  # host: integer arithmetic
 
     def emission_range(self, block: int, length: Optional[int] = None) -> Tuple[int, int]:
         """Frames ``[start, end)`` emitted by ``block``; ``length`` closes the last block."""
@@ -161,9 +172,11 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
         """
         olens = subsampled_lengths(ilens)
         if olens.numel() and int(olens.min()) < 1:
-            bad = [i for i, n in enumerate(ilens.tolist()) if subsampled_lengths(torch.tensor(n)) < 1]
-            raise ValueError(f"utterances at batch index {bad} have fewer than 7 feature frames "
-                             f"(lengths {[int(ilens[i]) for i in bad]}): nothing to encode")
+            lengths = ilens.tolist()  # host: Python-side check
+            bad = [i for i, n in enumerate(lengths) if n < min_input_frames()]
+            raise ValueError(f"utterances at batch index {bad} have fewer than "
+                             f"{min_input_frames()} feature frames (lengths "
+                             f"{[lengths[i] for i in bad]}): nothing to encode")
         x = self._embed(xs_pad, 0)
         batch, t_sub, dim = x.shape
         bs, hop = self.block_size, self.hop_size
@@ -219,7 +232,7 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
             raise RuntimeError("forward_incremental called after is_final=True; "
                                "start a new stream with init_state()")
         buf = torch.cat([state.feats, feats], dim=1)
-        n_new = int(subsampled_lengths(torch.tensor(buf.size(1))))
+        n_new = int(subsampled_lengths(torch.tensor(buf.size(1))))  # host: read by int()
         missing = state.next_block * self.hop_size + self.block_size - state.n_frames
         # Subsample only when a block can be encoded: the same frames, in fewer and larger
         # convolutions (one call per 40-ms chunk costs ~14% of streaming encoding).

@@ -77,13 +77,13 @@ class FullContextConformerEncoder(LayerOutputsEncoder):
         self, xs_pad: torch.Tensor, ilens: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
         """Encode a padded batch, also returning every layer's output (B, T', D)."""
+        olens = subsampled_lengths(ilens) if self.input_layer == "conv2d" else ilens
+        if olens.numel() and int(olens.min()) < 1:  # checked before the convolutions see them
+            raise ValueError(f"utterances with nothing to encode (output lengths {olens.tolist()})")
         if self.input_layer == "conv2d":
             xs_pad, _ = self.embed(xs_pad, None)
-            olens = subsampled_lengths(ilens)
         else:
-            xs_pad, olens = self.embed(xs_pad), ilens
-        if olens.numel() and int(olens.min()) < 1:
-            raise ValueError(f"utterances with nothing to encode (output lengths {olens.tolist()})")
+            xs_pad = self.embed(xs_pad)
         x, pos_emb = self.pos_enc(xs_pad)
         mask = torch.arange(x.size(1), device=x.device).unsqueeze(0) < olens.to(x.device).unsqueeze(1)
         layer_outputs: List[torch.Tensor] = []

@@ -12,10 +12,10 @@ import torch
 from espnet2.fileio.datadir_writer import DatadirWriter
 from tqdm import tqdm
 
-from espnet2_dualmode.inference.datadir import DecodeList, Failures, write_results
+from espnet2_dualmode.encoders.contextual_block_conformer import min_input_frames
+from espnet2_dualmode.inference.decode_list import DecodeList, Failures, write_results
 from espnet2_dualmode.inference.model_io import Result
-
-MIN_FEATURE_FRAMES = 7  # two stride-2 convolutions give one encoder frame
+from espnet2_dualmode.tasks.dualmode_asr import min_speech_samples
 
 
 def common_parser(description: str) -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--key_file", default=None, help="decode only these utterance ids (--nj splits)")
     p.add_argument("--output_dir", required=True, type=Path)
     p.add_argument("--config", default=None, help="YAML whose keys set these options (decode config)")
-    p.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: the first CUDA device")
+    add_device_argument(p)
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--beam_size", type=int, default=10)
     p.add_argument("--nbest", type=int, default=1)
@@ -56,7 +56,16 @@ def parse(parser: argparse.ArgumentParser, cmd: Optional[Sequence[str]]) -> argp
     return args
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--ngpu`` as in ESPnet's inference CLIs: 0 decodes on the CPU, 1 on a CUDA device."""
+    parser.add_argument("--ngpu", type=int, default=0,
+                        help="0: CPU, 1: the current CUDA device (set CUDA_VISIBLE_DEVICES)")
+
+
 def device_of(args: argparse.Namespace) -> str:
+    """The torch device named by ``--ngpu``; an error if it asks for what is not there."""
+    if args.ngpu < 0:
+        raise ValueError(f"--ngpu must be 0 or 1, not {args.ngpu}")
     if args.ngpu > 1:
         raise ValueError("decode with --ngpu 0 or 1; split the list with --key_file for more")
     if args.ngpu == 1 and not torch.cuda.is_available():
@@ -65,10 +74,10 @@ def device_of(args: argparse.Namespace) -> str:
 
 
 def min_samples(train_args: argparse.Namespace, data: DecodeList) -> int:
+    """The shortest input that gives one encoder frame: feature frames (kaldi_ark) or samples."""
     if data.file_type == "kaldi_ark":
-        return MIN_FEATURE_FRAMES
-    hop = (train_args.frontend_conf or {}).get("hop_length", 128)
-    return (MIN_FEATURE_FRAMES - 1) * hop + 1
+        return min_input_frames()
+    return min_speech_samples(train_args.frontend_conf)
 
 
 def decode_list(args: argparse.Namespace, decode: Callable[[List[np.ndarray]], List[List[Result]]],

@@ -47,13 +47,18 @@ def frame_end_seconds(s2t: Speech2TextStreaming, frame: int) -> float:
 def samples_needed(s2t: Speech2TextStreaming, frame: int) -> int:
     """Samples the streaming path must have received before it can emit ``frame``."""
     enc = s2t.model.stream_encoder
-    block_end = int(enc.block_of(torch.tensor(frame))) * enc.hop_size + enc.block_size
+    block = int(enc.block_of(torch.tensor(frame)))  # host: integer arithmetic, read by int()
+    block_end = block * enc.hop_size + enc.block_size
     last_feature = SUBSAMPLING * (block_end - 1) + 6
     return last_feature * s2t.features.hop + s2t.features.half
 
 
 def timed_recognition(s2t: Speech2TextStreaming, wav: np.ndarray, chunk: int) -> UtteranceTiming:
-    """Feed ``wav`` in real time; returns the final tokens and when each was emitted."""
+    """Feed ``wav`` in real time; returns the final tokens and when each was emitted.
+
+    Each call returns Python token lists read back from the model's device, so on CUDA
+    the measured compute time includes the device work (the read-back synchronises).
+    """
     fs = s2t.sample_rate
     s2t.reset()
     frame_emitted_at: List[float] = []
@@ -84,11 +89,12 @@ def reference_end_times(s2t: Speech2TextStreaming, wav: np.ndarray, token_ids: L
         raise ValueError("the reference alignment needs the full-context CTC head")
     if not token_ids:
         return []
+    device = s2t.device
     with torch.no_grad():
-        speech = torch.as_tensor(wav, dtype=torch.float32).unsqueeze(0)
-        enc = model.encode_layers(speech, torch.tensor([speech.size(1)]))
-        log_probs = model.ctc.log_softmax(enc.full)[:, : enc.lengths[0]]
-    targets = torch.tensor([token_ids], dtype=torch.int32)
+        speech = torch.as_tensor(wav, dtype=torch.float32, device=device).unsqueeze(0)
+        _, full, lengths = model.encode(speech, torch.tensor([speech.size(1)], device=device))
+        log_probs = model.ctc.log_softmax(full)[:, : lengths[0]]
+    targets = torch.tensor([token_ids], dtype=torch.int32, device=device)
     labels, _ = torchaudio.functional.forced_align(log_probs.float(), targets, blank=model.blank_id)
     labels = labels[0].tolist()
     ends: List[float] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -45,6 +46,13 @@ def load_model(asr_train_config: str | Path, asr_model_file: Optional[str | Path
         except RuntimeError as e:
             raise RuntimeError(f"{asr_model_file} does not fit {asr_train_config}: {e}") from e
     return model.to(device).eval(), args
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Device of a module's first parameter or buffer (CPU for a module without state)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def sample_rate(train_args: argparse.Namespace) -> int:

@@ -70,13 +70,13 @@ class Speech2Text:
         if decode_head not in HEADS:
             raise ValueError(f"decode_head must be one of {HEADS}, not {decode_head!r}")
         self.model, self.train_args = load_model(asr_train_config, asr_model_file, device)
+        self.device = torch.device(device)
         self.decode_head = decode_head
         self.beam_size, self.nbest = beam_size, nbest
         self.text = TokenText(self.train_args)
         self.sample_rate = sample_rate(self.train_args)
         m = self.model
-        offline_rnnt = (m.stream_decoder, m.stream_joint) if m.shared_rnnt else (m.rnnt_decoder, m.rnnt_joint)
-        needs = {"rnnt": [offline_rnnt[0], m.full_encoder], "ctc": [m.ctc],
+        needs = {"rnnt": [m.offline_rnnt[0], m.full_encoder], "ctc": [m.ctc],
                  "attention": [m.att_decoder], "maskctc": [m.ctc, m.mlm_decoder],
                  "streaming_rnnt": [m.stream_encoder, m.stream_decoder], "joint": [m.full_encoder]}
         if any(part is None for part in needs[decode_head]):
@@ -84,12 +84,13 @@ class Speech2Text:
         self.joint_weights = dict(DEFAULT_JOINT_WEIGHTS if joint_weights is None else joint_weights)
         self.joint_nbest_head = joint_nbest_head
         if decode_head == "joint":
-            self._check_joint(offline_rnnt)
+            self._check_joint()
         search_head = joint_nbest_head if decode_head == "joint" else decode_head
         search_nbest = beam_size if decode_head == "joint" else nbest
         self.search = None
         if search_head in ("rnnt", "streaming_rnnt"):
-            dec, joint = (m.stream_decoder, m.stream_joint) if search_head == "streaming_rnnt" else offline_rnnt
+            dec, joint = ((m.stream_decoder, m.stream_joint) if search_head == "streaming_rnnt"
+                          else m.offline_rnnt)
             self.search = TransducerSearch(dec, joint, beam_size, max_sym_per_frame,
                                            nbest=search_nbest)
         elif search_head == "attention":
@@ -99,11 +100,11 @@ class Speech2Text:
         elif search_head == "maskctc":
             self.search = MaskCTCSearch(m.ctc, m.mlm_decoder, maskctc_n_iterations,
                                         maskctc_threshold_probability)
-        self.offline_rnnt = offline_rnnt
 
-    def _check_joint(self, offline_rnnt) -> None:
+    def _check_joint(self) -> None:
+        """Every weighted head of ``joint`` decoding, and its n-best head, exist."""
         m = self.model
-        available = {"rnnt": offline_rnnt[0], "ctc": m.ctc, "attention": m.att_decoder,
+        available = {"rnnt": m.offline_rnnt[0], "ctc": m.ctc, "attention": m.att_decoder,
                      "mlm": m.mlm_decoder}
         unknown = set(self.joint_weights) - set(available)
         if unknown:
@@ -115,21 +116,21 @@ class Speech2Text:
 
     # ----- features --------------------------------------------------------------------
     def features(self, speech: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Log-mel features of each waveform, extracted one utterance at a time.
+        """Log-mel features of each waveform on the model's device, one utterance at a time.
 
         ESPnet's batched STFT reflects the end of a short utterance into the zero padding
         of the batch, so its last frames would depend on its batch-mates.
         """
-        m = self.model
+        m, device = self.model, self.device
         feats, lens = [], []
         for wav in speech:
-            wav = torch.as_tensor(wav, dtype=torch.float32).unsqueeze(0)
-            n = torch.tensor([wav.size(1)])
-            f, fl = m.frontend(wav, n) if m.frontend is not None else (wav, n)
-            feats.append(f[0, : fl[0]])
-            lens.append(int(fl[0]))
+            wav = torch.as_tensor(wav, dtype=torch.float32, device=device).unsqueeze(0)
+            n = torch.tensor([wav.size(1)], device=device)
+            raw = m.collect_feats(wav, n)
+            feats.append(raw["feats"][0, : raw["feats_lengths"][0]])
+            lens.append(int(raw["feats_lengths"][0]))
         padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
-        lengths = torch.tensor(lens)
+        lengths = torch.tensor(lens, device=device)
         if m.normalize is not None:
             padded, lengths = m.normalize(padded, lengths)
         return padded, lengths
@@ -138,9 +139,7 @@ class Speech2Text:
     @torch.no_grad()
     def __call__(self, speech: Sequence[np.ndarray | torch.Tensor]) -> List[List[Result]]:
         """Decode a batch of waveforms; returns the n-best results of each."""
-        device = next(self.model.parameters()).device
-        feats, lens = self.features(speech)
-        enc = self.model.encode_features(feats.to(device), lens.to(device))
+        enc = self.model.encode_features(*self.features(speech))
         hyps = self._decode(enc)
         return [[self.text.result(h.tokens, h.score, h.timestamps) for h in nb] for nb in hyps]
 
@@ -178,7 +177,7 @@ class Speech2Text:
             scores: Dict[str, torch.Tensor] = {}
             w = self.joint_weights
             if w.get("rnnt"):
-                scores["rnnt"] = transducer_sequence_scores(*self.offline_rnnt, h, cands)
+                scores["rnnt"] = transducer_sequence_scores(*m.offline_rnnt, h, cands)
             if w.get("ctc"):
                 scores["ctc"] = ctc_sequence_scores(m.ctc, h, cands, m.blank_id)
             if w.get("attention"):

@@ -19,7 +19,13 @@ from espnet2.asr.frontend.default import DefaultFrontend
 from espnet2.layers.utterance_mvn import UtteranceMVN
 
 from espnet2_dualmode.decoding import TransducerSearch
-from espnet2_dualmode.inference.model_io import Result, TokenText, load_model, sample_rate
+from espnet2_dualmode.inference.model_io import (
+    Result,
+    TokenText,
+    load_model,
+    module_device,
+    sample_rate,
+)
 
 
 class StreamingFeatures:
@@ -27,7 +33,8 @@ class StreamingFeatures:
 
     The offline STFT is centred: frame k covers samples [k*hop - n_fft/2, k*hop + n_fft/2)
     of the waveform reflected at both ends. A frame is emitted once its window has
-    arrived; the right reflection is applied when the stream ends.
+    arrived; the right reflection is applied when the stream ends. Samples are buffered
+    and transformed on the frontend's device.
     """
 
     def __init__(self, frontend: DefaultFrontend):
@@ -39,16 +46,20 @@ class StreamingFeatures:
         self.stft, self.logmel = stft, frontend.logmel
         self.n_fft, self.hop = stft.n_fft, stft.hop_length
         self.half = self.n_fft // 2
+        self.device = module_device(frontend)
         self.reset()
 
     def reset(self) -> None:
-        self.head = torch.zeros(0)  # first samples, until the left reflection can be built
+        # first samples, until the left reflection can be built
+        self.head = torch.zeros(0, device=self.device)
         self.buffer: Optional[torch.Tensor] = None  # padded signal from frame `done` on
-        self.tail = torch.zeros(0)  # last half+1 samples, for the right reflection
+        # last half+1 samples, for the right reflection
+        self.tail = torch.zeros(0, device=self.device)
         self.done = 0  # frames emitted
 
     def _frames(self, signal: torch.Tensor) -> torch.Tensor:
-        window = getattr(torch, f"{self.stft.window}_window")(self.stft.win_length)
+        window = getattr(torch, f"{self.stft.window}_window")(self.stft.win_length,
+                                                              device=signal.device)
         spec = torch.stft(signal, n_fft=self.n_fft, hop_length=self.hop,
                           win_length=self.stft.win_length, window=window, center=False,
                           normalized=self.stft.normalized, onesided=self.stft.onesided,
@@ -57,9 +68,12 @@ class StreamingFeatures:
         feats, _ = self.logmel(power)
         return feats  # (1, k, F)
 
+    def _no_frames(self) -> torch.Tensor:
+        return torch.zeros(1, 0, self.logmel.mel_options["n_mels"], device=self.device)
+
     def __call__(self, chunk: torch.Tensor, is_final: bool) -> torch.Tensor:
-        """Feed samples (n,); returns the newly complete frames (1, k, F)."""
-        chunk = chunk.to(torch.float32).reshape(-1)
+        """Feed samples (n,) on any device; returns the newly complete frames (1, k, F)."""
+        chunk = chunk.to(device=self.device, dtype=torch.float32).reshape(-1)
         self.tail = torch.cat([self.tail, chunk])[-(self.half + 1):]
         if self.buffer is None:
             self.head = torch.cat([self.head, chunk])
@@ -72,13 +86,13 @@ class StreamingFeatures:
         else:
             self.buffer = torch.cat([self.buffer, chunk])
         if self.buffer is None:
-            return torch.zeros(1, 0, self.logmel.mel_options["n_mels"])
+            return self._no_frames()
         signal = self.buffer
         if is_final:
             signal = torch.cat([signal, self.tail[:-1].flip(0)[: self.half]])
         n_ready = (signal.numel() - self.n_fft) // self.hop + 1 if signal.numel() >= self.n_fft else 0
         if n_ready <= 0:
-            return torch.zeros(1, 0, self.logmel.mel_options["n_mels"])
+            return self._no_frames()
         feats = self._frames(signal[: (n_ready - 1) * self.hop + self.n_fft])
         self.buffer = self.buffer[n_ready * self.hop:]
         self.done += n_ready
@@ -118,7 +132,7 @@ class Speech2TextStreaming:
                                        max_sym_per_frame, nbest=nbest)
         self.text = TokenText(self.train_args)
         self.sample_rate = sample_rate(self.train_args)
-        self.device = device
+        self.device = torch.device(device)
         self.reset()
 
     def reset(self) -> None:
@@ -135,9 +149,9 @@ class Speech2TextStreaming:
         A partial result only contains tokens emitted on encoder frames whose block has
         been fully received (block + look-ahead), never tokens from audio not yet fed.
         """
-        feats = self.features(torch.as_tensor(speech_chunk), is_final).to(self.device)
+        feats = self.features(torch.as_tensor(speech_chunk, device=self.device), is_final)
         if self.model.normalize is not None and feats.size(1):
-            feats, _ = self.model.normalize(feats, torch.tensor([feats.size(1)]))
+            feats, _ = self.model.normalize(feats, torch.tensor([feats.size(1)], device=self.device))
         enc, self.encoder_state = self.model.stream_encoder.forward_incremental(
             feats, self.encoder_state, is_final=is_final)
         self.search.advance(self.search_state, enc)

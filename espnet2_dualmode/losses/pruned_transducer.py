@@ -21,10 +21,11 @@ evaluates it on only ``s_range`` label positions per frame:
    ``s_range >= U + 1`` it is the ordinary RNN-T loss.
 
 The objective is ``simple_loss_scale * L_simple + pruned_loss_scale * L_pruned``; the
-simple term trains the trivial joiner so that the ranges stay meaningful. See
-:func:`warmup_loss_scales` for icefall's warm-up schedule of the two scales.
+simple term trains the trivial joiner so that the ranges stay meaningful.
 
-Two trivial joiners are supported:
+Two trivial joiners are supported. The model (``model_conf.rnnt_loss_type: pruned``)
+uses the tied one; the separate heads are for direct callers of :func:`pruned_rnnt_loss`
+(``benchmarks/rnnt_loss.py`` measures both):
 
 * **separate heads** (:class:`SimpleJoiner`, two linear layers to V): what icefall's
   recipes (``simple_am_proj``/``simple_lm_proj``) and ESPnet's ``asr_transducer``
@@ -37,10 +38,12 @@ Two trivial joiners are supported:
   ``lin_enc``, ``lin_dec`` and ``lin_out`` to work without the activation.
 
 Costs: the alpha/beta recursions run in float64 on (B, T, U+1) tensors, on one CPU
-thread (see :func:`_one_cpu_thread`); the joint network runs in its inputs' dtype, with
-its output layer and log-softmax fused and chunked (:class:`_PickedLogSoftmax`), so the
-largest tensors are (B, T, V) for the simple loss and (B, T, s_range, J) for the
-pruned one.
+thread (see :func:`_one_cpu_thread`); the joint network runs in float32 (float64 for
+float64 inputs), with its output layer and log-softmax fused and chunked
+(:class:`_PickedLogSoftmax`), so the largest tensors are (B, T, V) for the simple loss
+and (B, T, s_range, J) for the pruned one. Under mixed precision the whole loss, joint
+projections included, runs in float32 outside autocast (see ``losses.precision``): the
+(B, T, J) projections are small, and the normalisers and lattice need the range.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 from espnet2.asr_transducer.joint_network import JointNetwork
 
+from espnet2_dualmode.losses.precision import float32_outside_autocast
 from espnet2_dualmode.losses.transducer import REDUCTIONS, _validate
 
 NEG_INF = float("-inf")
@@ -85,33 +89,6 @@ class SimpleJoiner(torch.nn.Module):
             am (B, T, V) and lm (B, U+1, V); the joiner's logits are ``am[:, t] + lm[:, u]``.
         """
         return self.am_proj(enc_out), self.lm_proj(dec_out)
-
-
-def warmup_loss_scales(
-    step: int, warmup_steps: int, simple_loss_scale: float = 0.5
-) -> Tuple[float, float]:
-    """icefall's warm-up of the two loss scales (as in its Zipformer recipes and ESPnet's
-    ``asr_transducer``): early in training the ranges come from an untrained simple
-    joiner, so the simple loss dominates and the pruned loss is faded in.
-
-    For ``step < warmup_steps`` with ``r = step / warmup_steps``: simple scale
-    ``1 - r * (1 - simple_loss_scale)`` (from 1 down to ``simple_loss_scale``) and pruned
-    scale ``0.1 + 0.9 r`` (from 0.1 up to 1); afterwards ``(simple_loss_scale, 1.0)``.
-
-    Args:
-        step: number of optimiser steps taken so far (>= 0).
-        warmup_steps: length of the warm-up (0 disables it).
-        simple_loss_scale: scale of the simple loss after the warm-up.
-
-    Returns:
-        (simple scale, pruned scale) for :func:`pruned_rnnt_loss`.
-    """
-    if step < 0 or warmup_steps < 0:
-        raise ValueError(f"step ({step}) and warmup_steps ({warmup_steps}) must be >= 0")
-    if step >= warmup_steps:
-        return simple_loss_scale, 1.0
-    ratio = step / warmup_steps
-    return 1.0 - ratio * (1.0 - simple_loss_scale), 0.1 + 0.9 * ratio
 
 
 # ----------------------------------------------------------------- lattice recursion
@@ -281,8 +258,6 @@ def simple_lattice(
     lm: torch.Tensor,
     targets: torch.Tensor,
     blank: int = 0,
-    lm_only_scale: float = 0.0,
-    am_only_scale: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Arc log-probs of the trivial joiner ``logits[b, t, u] = am[b, t] + lm[b, u]``.
 
@@ -292,18 +267,11 @@ def simple_lattice(
     the product underflows (am and lm peaking at different labels by ~80 nats in
     float32) are recomputed exactly from the V terms.
 
-    With ``lm_only_scale`` (lambda) or ``am_only_scale`` (mu) > 0, each arc log-prob is
-    ``(1 - lambda - mu) * simple + lambda * log_softmax(lm) + mu * log_softmax(am)``
-    (k2's "smoothed" loss; icefall uses lambda = 0.25, mu = 0; our AM-only term is the
-    plain log-softmax of am).
-
     Args:
         am: encoder-side term (B, T, V).
         lm: prediction-side term (B, U+1, V).
         targets: labels (B, U) with padding already replaced by valid ids.
         blank: blank id.
-        lm_only_scale: weight lambda of the LM-only log-probs.
-        am_only_scale: weight mu of the AM-only log-probs.
 
     Returns:
         emit (B, T, U+1) (last column -inf) and blank (B, T, U+1) log-probs.
@@ -324,13 +292,6 @@ def simple_lattice(
             b, t, u = where[lo : lo + step].unbind(1)
             exact.append(torch.logsumexp(am[b, t] + lm[b, u], dim=-1))
         norm = norm.index_put(tuple(where.unbind(1)), torch.cat(exact))
-
-    if lm_only_scale or am_only_scale:
-        # Every arc term is linear in (am, lm, norm), so mix before gathering.
-        keep = 1.0 - lm_only_scale - am_only_scale
-        am = keep * am + am_only_scale * torch.log_softmax(am, dim=-1)
-        lm = keep * lm + lm_only_scale * torch.log_softmax(lm, dim=-1)
-        norm = keep * norm
 
     # The emit arc at (t, u) outputs y_u = targets[u]. One gather per tensor (each
     # gather's backward writes a full-size gradient): am[t, (y_0 .. y_{U-1}, blank)] and
@@ -517,11 +478,6 @@ def _pruned_lattice(
     return emit, blank_lp
 
 
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32 if it has a lower-precision floating dtype, else unchanged."""
-    return x.float() if torch.finfo(x.dtype).bits < 32 else x
-
-
 def _reduce(costs: torch.Tensor, reduction: str) -> torch.Tensor:
     """``"none"``: (B,); ``"sum"``; ``"mean"``: sum / B (ESPnet's and :func:`rnnt_loss`'s)."""
     if reduction == "none":
@@ -530,6 +486,7 @@ def _reduce(costs: torch.Tensor, reduction: str) -> torch.Tensor:
     return total / costs.numel() if reduction == "mean" else total
 
 
+@float32_outside_autocast
 def pruned_rnnt_loss(
     joint: JointNetwork,
     enc_out: torch.Tensor,
@@ -543,8 +500,6 @@ def pruned_rnnt_loss(
     pruned_loss_scale: float = 1.0,
     reduction: str = "mean",
     simple_joiner: Optional[SimpleJoiner] = None,
-    lm_only_scale: float = 0.0,
-    am_only_scale: float = 0.0,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """``simple_loss_scale * L_simple + pruned_loss_scale * L_pruned`` (see module doc).
 
@@ -552,6 +507,7 @@ def pruned_rnnt_loss(
     trivial joiner, L_pruned under ``joint`` restricted to the pruned lattice (equal to
     the full RNN-T loss once ``s_range >= U + 1``). The ranges are chosen without
     gradient. Padding beyond the lengths may hold anything (e.g. -1 in ``targets``).
+    Runs in float32 with autocast disabled; float16/bfloat16 inputs are cast.
 
     Args:
         joint: ESPnet ``JointNetwork``; its parts (``lin_enc``, ``lin_dec``,
@@ -563,12 +519,10 @@ def pruned_rnnt_loss(
         target_lens: labels per utterance (B,), each at most ``dec_out.size(1) - 1``.
         blank: blank id.
         s_range: label positions kept per frame (>= 2; capped at the longest U + 1).
-        simple_loss_scale: weight of L_simple (see :func:`warmup_loss_scales`).
+        simple_loss_scale: weight of L_simple.
         pruned_loss_scale: weight of L_pruned.
         reduction: ``"mean"`` (sum / B), ``"sum"`` or ``"none"`` (per utterance (B,)).
         simple_joiner: separate trivial-joiner heads; None ties them to ``joint``.
-        lm_only_scale: smoothing weight of the LM-only log-probs in L_simple.
-        am_only_scale: smoothing weight of the AM-only log-probs in L_simple.
 
     Returns:
         The combined loss and ``{"simple": L_simple, "pruned": L_pruned}``, all reduced
@@ -578,11 +532,6 @@ def pruned_rnnt_loss(
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
     if s_range < 2:
         raise ValueError(f"s_range must be >= 2 (a window of 1 cannot emit), got {s_range}")
-    if not (lm_only_scale >= 0 and am_only_scale >= 0 and lm_only_scale + am_only_scale <= 1):
-        raise ValueError(
-            f"lm_only_scale ({lm_only_scale}) and am_only_scale ({am_only_scale}) must be "
-            ">= 0 and sum to at most 1"
-        )
     for name, x, size in (
         ("enc_out", enc_out, joint.lin_enc.in_features),
         ("dec_out", dec_out, joint.lin_dec.in_features),
@@ -608,23 +557,20 @@ def pruned_rnnt_loss(
     targets = torch.where(valid, targets, blank)
     s_range = min(s_range, max_u + 1)
 
-    # Under mixed precision the projections may come out in float16/bfloat16; the
-    # normalisers and the output layer need float32 (as ESPnet does around k2's losses).
-    enc_proj = _at_least_float32(joint.lin_enc(enc_out))  # (B, T, J)
-    dec_proj = _at_least_float32(joint.lin_dec(dec_out))  # (B, U+1, J)
-    with torch.autocast(device.type, enabled=False):
-        if simple_joiner is None:
-            am = joint.lin_out(enc_proj)
-            lm = torch.matmul(dec_proj, joint.lin_out.weight.t())
-        else:
-            am, lm = simple_joiner(_at_least_float32(enc_out), _at_least_float32(dec_out))
-        emit, blank_lp = simple_lattice(am, lm, targets, blank, lm_only_scale, am_only_scale)
-        simple_ll, occ_emit, occ_blank = lattice_log_likelihood(emit, blank_lp, t_lens, u_lens)
+    enc_proj = joint.lin_enc(enc_out)  # (B, T, J)
+    dec_proj = joint.lin_dec(dec_out)  # (B, U+1, J)
+    if simple_joiner is None:
+        am = joint.lin_out(enc_proj)
+        lm = torch.matmul(dec_proj, joint.lin_out.weight.t())
+    else:
+        am, lm = simple_joiner(enc_out, dec_out)
+    emit, blank_lp = simple_lattice(am, lm, targets, blank)
+    simple_ll, occ_emit, occ_blank = lattice_log_likelihood(emit, blank_lp, t_lens, u_lens)
 
-        with _one_cpu_thread(device):  # small tensors: see _one_cpu_thread
-            ranges = prune_ranges(occ_emit, occ_blank, t_lens, u_lens, s_range)  # (B, T, R)
-        emit, blank_lp = _pruned_lattice(joint, enc_proj, dec_proj, ranges, targets, blank)
-        pruned_ll, _, _ = lattice_log_likelihood(emit, blank_lp, t_lens, u_lens)
+    with _one_cpu_thread(device):  # small tensors: see _one_cpu_thread
+        ranges = prune_ranges(occ_emit, occ_blank, t_lens, u_lens, s_range)  # (B, T, R)
+    emit, blank_lp = _pruned_lattice(joint, enc_proj, dec_proj, ranges, targets, blank)
+    pruned_ll, _, _ = lattice_log_likelihood(emit, blank_lp, t_lens, u_lens)
 
     simple = _reduce(-simple_ll, reduction)
     pruned = _reduce(-pruned_ll, reduction)

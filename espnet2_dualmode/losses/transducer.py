@@ -14,6 +14,9 @@ Both give the per-utterance negative log-likelihood -log P(y | x). Reduction
 (sum over the batch divided by the batch size B, not by the number of tokens or
 frames); the dual-mode model should use ``reduction="mean"`` so that its RNN-T terms
 are on the same scale as its CTC/attention/MLM terms.
+
+Under mixed precision the joint network may run in float16/bfloat16; the loss itself,
+from the logits on, runs in float32 outside autocast (see ``losses.precision``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Optional
 
 import torch
 import torchaudio.functional
+
+from espnet2_dualmode.losses.precision import float32_outside_autocast
 
 BACKENDS = ("auto", "torchaudio", "warp_rnnt")
 REDUCTIONS = ("mean", "sum", "none")
@@ -126,6 +131,7 @@ def _validate(
     return t_lens, u_lens
 
 
+@float32_outside_autocast
 def rnnt_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -143,8 +149,9 @@ def rnnt_loss(
     host, which synchronises a CUDA stream once per call.
 
     Args:
-        logits: joint-network output before log-softmax (B, T, U+1, V); computed in
-            float32 whatever the input dtype.
+        logits: joint-network output before log-softmax (B, T, U+1, V), e.g. float16
+            from a joint run under autocast; the loss (log-softmax included) is
+            computed in float32 with autocast disabled, whatever the input dtype.
         targets: label ids (B, U), padded beyond ``target_lengths``; valid labels must
             be in [0, V) and differ from ``blank``.
         logit_lengths: encoder frames per utterance (B,), each in [1, T].

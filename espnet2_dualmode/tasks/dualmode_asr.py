@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 from collections import Counter
-from typing import Collection, Dict, List, Optional, Tuple
+from typing import Collection, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from espnet2.asr.decoder.mlm_decoder import MLMDecoder
 from espnet2.asr.decoder.transducer_decoder import TransducerDecoder
 from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet2.asr.frontend.default import DefaultFrontend
 from espnet2.asr_transducer.joint_network import JointNetwork
 from espnet2.tasks.asr import (
     ASRTask,
@@ -30,12 +32,17 @@ from espnet2.torch_utils.initialize import initialize
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
+from espnet2.train.distributed_utils import resolve_distributed_mode
 from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import str_or_none
 
-from espnet2_dualmode.encoders.contextual_block_conformer import ContextualBlockConformerEncoder
+from espnet2_dualmode.encoders.contextual_block_conformer import (
+    ContextualBlockConformerEncoder,
+    min_input_frames,
+)
 from espnet2_dualmode.encoders.full_context_conformer import FullContextConformerEncoder
 from espnet2_dualmode.model import DualModeASRModel
+from espnet2_dualmode.train.preflight import DualModeTrainer
 
 model_choices = ClassChoices("model", classes=dict(dualmode=DualModeASRModel),
                              type_check=AbsESPnetModel, default="dualmode")
@@ -58,7 +65,22 @@ mlm_decoder_choices = ClassChoices(
     "mlm_decoder", classes=dict(mlm=MLMDecoder),
     type_check=AbsDecoder, default="mlm", optional=True)
 
-SUBSAMPLING_MIN_FRAMES = 7  # two 3x3 stride-2 convolutions need 7 frames for one output
+
+def min_speech_samples(frontend_conf: Optional[dict]) -> int:
+    """Fewest waveform samples from which ESPnet's default (STFT) frontend, configured by
+    ``frontend_conf``, makes :func:`min_input_frames` feature frames: one encoder frame.
+
+    ESPnet's ``Stft`` gives ``(L' - n_fft) // hop + 1`` frames, with ``L' = L + 2 (n_fft // 2)``
+    when centred; a centred STFT's reflection padding also needs ``L > n_fft // 2``.
+    """
+    defaults = inspect.signature(DefaultFrontend).parameters
+    conf = {key: (frontend_conf or {}).get(key, defaults[key].default)
+            for key in ("n_fft", "hop_length", "center")}
+    n_fft = conf["n_fft"]
+    samples = (min_input_frames() - 1) * conf["hop_length"] + n_fft
+    if conf["center"]:
+        samples = max(samples - 2 * (n_fft // 2), n_fft // 2 + 1)
+    return samples
 
 
 class CheckedCollateFn(CommonCollateFn):
@@ -68,13 +90,19 @@ class CheckedCollateFn(CommonCollateFn):
     model is an error naming the utterance. An empty transcript or an utterance too
     short to give one encoder frame is skipped with a warning and counted (ESPnet's
     stage 4 normally removes both).
+
+    With ``defer_errors`` (distributed training) such an error does not raise in the
+    DataLoader, where the other ranks would wait for this one forever: the batch becomes
+    ``{"batch_error": message}`` and the model's forward raises it on every rank.
     """
 
-    def __init__(self, vocab_size: int, feat_dim: Optional[int], min_speech_samples: int):
+    def __init__(self, vocab_size: int, feat_dim: Optional[int], min_speech_samples: int,
+                 defer_errors: bool = False):
         super().__init__(float_pad_value=0.0, int_pad_value=-1)
         self.vocab_size = vocab_size
         self.feat_dim = feat_dim
         self.min_speech_samples = min_speech_samples
+        self.defer_errors = defer_errors
         self.skipped: Counter = Counter()
 
     def problem(self, uid: str, data: Dict[str, np.ndarray]) -> Optional[str]:
@@ -85,9 +113,9 @@ class CheckedCollateFn(CommonCollateFn):
                 if self.feat_dim is not None and speech.shape[1] != self.feat_dim:
                     raise ValueError(f"utterance {uid}: feature dimension {speech.shape[1]}, but the "
                                      f"model reads {self.feat_dim}-dimensional features")
-                if speech.shape[0] < SUBSAMPLING_MIN_FRAMES:
+                if speech.shape[0] < min_input_frames():
                     return (f"too short ({speech.shape[0]} frames; at least "
-                            f"{SUBSAMPLING_MIN_FRAMES} give one encoder frame)")
+                            f"{min_input_frames()} give one encoder frame)")
             elif speech.shape[0] < self.min_speech_samples:
                 return (f"too short ({speech.shape[0]} samples; at least "
                         f"{self.min_speech_samples} give one encoder frame)")
@@ -102,7 +130,18 @@ class CheckedCollateFn(CommonCollateFn):
         return None
 
     def __call__(self, data: Collection[Tuple[str, Dict[str, np.ndarray]]]
-                 ) -> Tuple[List[str], Dict[str, torch.Tensor]]:
+                 ) -> Tuple[List[str], Dict[str, Union[torch.Tensor, str]]]:
+        try:
+            kept = self.kept(data)
+        except ValueError as e:
+            if not self.defer_errors:
+                raise
+            return [uid for uid, _ in data], {"batch_error": str(e)}
+        return super().__call__(kept)
+
+    def kept(self, data: Collection[Tuple[str, Dict[str, np.ndarray]]]
+             ) -> List[Tuple[str, Dict[str, np.ndarray]]]:
+        """The utterances to keep; raises ValueError for broken data or an empty batch."""
         kept = []
         for uid, d in data:
             reason = self.problem(uid, d)
@@ -114,7 +153,7 @@ class CheckedCollateFn(CommonCollateFn):
         if not kept:
             raise ValueError(f"every utterance of the batch {[u for u, _ in data]} was skipped "
                              f"({dict(self.skipped)}); filter the data (stage 4) first")
-        return super().__call__(kept)
+        return kept
 
 
 class DualModeASRTask(ASRTask):
@@ -133,6 +172,8 @@ class DualModeASRTask(ASRTask):
         mlm_decoder_choices,
         preprocessor_choices,
     ]
+    # ESPnet's Trainer with --preflight_batches (a memory check before the first epoch)
+    trainer = DualModeTrainer
 
     @classmethod
     def add_task_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -148,11 +189,20 @@ class DualModeASRTask(ASRTask):
                                 "(--joint_net_conf is the offline one)")
 
     @classmethod
+    def check_required_command_args(cls, args: argparse.Namespace) -> None:
+        super().check_required_command_args(args)
+        check_distributed_options(args)
+
+    @classmethod
     def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> CheckedCollateFn:
         token_list = _token_list(args)
-        hop = (args.frontend_conf or {}).get("hop_length", 128) if args.input_size is None else 1
         feat_dim = args.input_size
-        return CheckedCollateFn(len(token_list), feat_dim, (SUBSAMPLING_MIN_FRAMES - 1) * hop)
+        # Single process: errors raise in the DataLoader as usual. Distributed training:
+        # they travel with the batch to the forward (collect_stats runs no forward).
+        defer = (bool(getattr(args, "distributed", False))
+                 and not getattr(args, "collect_stats", False))
+        return CheckedCollateFn(len(token_list), feat_dim, min_speech_samples(args.frontend_conf),
+                                defer_errors=defer)
 
     @classmethod
     def build_model(cls, args: argparse.Namespace) -> DualModeASRModel:
@@ -217,6 +267,23 @@ class DualModeASRTask(ASRTask):
         if args.init is not None:
             initialize(model, args.init)
         return model
+
+
+def check_distributed_options(args: argparse.Namespace) -> None:
+    """Reject at start-up what would otherwise fail only at the first DDP step.
+
+    ``model_conf.ctc_warmup_iters > 0``: during the warm-up the RNN-T, attention and
+    Mask-CTC heads get no gradient, which DDP accepts only with ``unused_parameters: true``.
+    Rejected rather than set silently: that option makes DDP search the graph at every step
+    of the run, so the config should say it (and config.yaml then records what ran).
+    """
+    probe = argparse.Namespace(**vars(args))  # resolve_distributed_mode edits its argument
+    resolve_distributed_mode(probe)
+    warmup = (args.model_conf or {}).get("ctc_warmup_iters", 0)
+    if probe.distributed and not args.collect_stats and warmup > 0 and not args.unused_parameters:
+        raise ValueError(f"model_conf.ctc_warmup_iters={warmup} with several processes needs "
+                         "unused_parameters: true (the decoders get no gradient during the "
+                         "CTC warm-up, which DDP rejects at the first step)")
 
 
 def _token_list(args: argparse.Namespace) -> List[str]:

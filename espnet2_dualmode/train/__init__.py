@@ -1,0 +1,1 @@
+"""Training helpers around ESPnet's Trainer."""
