@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install espnet2-dualmode into ./.venv (Python 3.11) from this checkout's setup.py.
-# Idempotent: re-running only installs what changed. Installs Debian's sctk (sclite) when
-# run as root with apt-get available; scoring falls back to an exact Python port otherwise.
+# Idempotent: re-running only installs what changed. Installs Debian's sctk (sclite), and
+# slurm-wlm and munge for tests/test_slurm.py's single-node cluster, when run as root with
+# apt-get available; scoring falls back to an exact Python port otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,12 +17,16 @@ fi
 .venv/bin/python -m pip install -q "pip==23.2.1"
 .venv/bin/python -m pip install -q -e ".[test]"
 
-if ! command -v sclite >/dev/null 2>&1 && [ ! -x /usr/lib/sctk/bin/sclite ]; then
+# missing NAME PATH: NAME is neither on PATH nor at PATH (Debian puts some off PATH).
+missing() { ! command -v "$1" >/dev/null 2>&1 && [ ! -x "$2" ]; }
+if missing sclite /usr/lib/sctk/bin/sclite || missing slurmctld /usr/sbin/slurmctld; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        (apt-get update -qq && apt-get install -y -qq sctk >/dev/null) \
-            || echo "install.sh: could not install sctk; scoring uses the Python sclite port" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sctk slurm-wlm munge >/dev/null) \
+            || echo "install.sh: could not install sctk, slurm-wlm and munge; scoring uses the" \
+                "Python sclite port and tests/test_slurm.py is skipped" >&2
     else
-        echo "install.sh: sclite not found (apt-get install sctk); scoring uses the Python port" >&2
+        echo "install.sh: sclite or Slurm not found (apt-get install sctk slurm-wlm munge);" \
+            "scoring uses the Python port and tests/test_slurm.py is skipped" >&2
     fi
 fi
 echo "install.sh: ready (.venv/bin/python)"

@@ -25,11 +25,16 @@ stage=1                  # first stage to run
 stop_stage=13            # last stage to run
 ngpu=1                   # GPUs for training (0: CPU); > 1 trains with one process per GPU
 cpu_train_procs=1        # with --ngpu 0: training processes (gloo), one thread each
+num_nodes=1              # nodes for training (> 1: one srun task per node, needs --cmd_backend slurm)
 nj=4                     # parallel jobs for stages 2-3, 10 and (by default) 12
 inference_nj=            # parallel decoding jobs per test set (default: --nj)
 gpu_inference=false      # decode on GPU (one per job)
 dumpdir=dump             # where stage 3-4 write the audio dumps
 expdir=exp               # where statistics, models, decodings and logs go
+cmd_backend=local        # local: jobs run here; slurm: jobs go to sbatch (./cmd.sh, conf/slurm.conf)
+cpu_cmd=                 # job command of data preparation, format, statistics, scoring (./cmd.sh)
+train_cmd=               # job command of training (./cmd.sh)
+decode_cmd=              # job command of decoding and the latency measurement (./cmd.sh)
 
 # Data
 train_set=               # training data dir under data/ (required)
@@ -89,10 +94,16 @@ Options (default in brackets):
   --stage, --stop_stage     stages to run [${stage}, ${stop_stage}]
   --ngpu                    GPUs for training, 0 = CPU [${ngpu}]
   --cpu_train_procs         with --ngpu 0, training processes of one thread each [${cpu_train_procs}]
+  --num_nodes               training nodes; > 1 needs a scheduler [${num_nodes}]
   --nj                      parallel jobs [${nj}]
   --inference_nj            parallel decoding jobs per test set [--nj]
   --gpu_inference           decode on GPU [${gpu_inference}]
   --dumpdir, --expdir       output folders [${dumpdir}, ${expdir}]
+  --cmd_backend             local (background processes) or slurm (sbatch) [${cmd_backend}]
+  --cpu_cmd, --train_cmd, --decode_cmd
+                            job commands replacing those of ./cmd.sh: "local", or a command
+                            called as ESPnet calls slurm.pl: CMD [--gpu N] [--num_threads N]
+                            [--num_nodes N] [--tasks_per_node N] [JOB=1:N] LOG COMMAND...
   --train_set, --valid_set  data dirs under data/ (required)
   --test_sets               data dirs under data/, space-separated (required)
   --local_data_opts         options of local/data.sh [${local_data_opts}]
@@ -143,10 +154,24 @@ python=${PYTHON:?path.sh sets PYTHON}
 for name in train_set valid_set test_sets asr_config; do
     [ -n "${!name}" ] || usage_error "--${name} is required"
 done
-for name in stage stop_stage ngpu nj nbpe sim_chunk_length latency_max_utts preflight_batches; do
+for name in stage stop_stage ngpu nj nbpe sim_chunk_length latency_max_utts preflight_batches \
+        cpu_train_procs num_nodes; do
     [[ "${!name}" =~ ^[0-9]+$ ]] || usage_error "--${name} must be a non-negative integer, got '${!name}'"
 done
 [ "${nj}" -ge 1 ] || usage_error "--nj must be >= 1"
+[ "${num_nodes}" -ge 1 ] || usage_error "--num_nodes must be >= 1"
+case "${cmd_backend}" in local|slurm) ;; *) usage_error "--cmd_backend must be local or slurm" ;; esac
+# The job commands of the backend (ESPnet's cmd.sh); --cpu_cmd/--train_cmd/--decode_cmd win.
+if [ -f ./cmd.sh ]; then
+    # shellcheck disable=SC1091
+    . ./cmd.sh
+fi
+for name in cpu_cmd train_cmd decode_cmd; do
+    [ -n "${!name}" ] || usage_error "--${name} is empty and ./cmd.sh does not set it for --cmd_backend ${cmd_backend}"
+done
+if [ "${num_nodes}" -gt 1 ] && [ "${train_cmd%% *}" = local ]; then
+    usage_error "--num_nodes ${num_nodes} needs a scheduler: --cmd_backend slurm or a --train_cmd"
+fi
 inference_nj=${inference_nj:-${nj}}
 [[ "${inference_nj}" =~ ^[1-9][0-9]*$ ]] || usage_error "--inference_nj must be >= 1"
 case "${token_type}" in char|bpe) ;; *) usage_error "--token_type must be char or bpe" ;; esac
@@ -192,15 +217,52 @@ run_logged() {
     "$@" >> "${stage_log}" 2>&1
 }
 
-# run_jobs NJ LOGDIR NAME COMMAND...: run COMMAND NJ times side by side, JOB replaced by
-# 1..NJ (and __RANK__ by 0..NJ-1) in every argument, job i logging to LOGDIR/NAME.i.log; the tail of each failed
-# job's log is printed.
+# run_step JOBCMD LOG COMMAND...: run COMMAND through the job command JOBCMD (cmd.sh):
+# with "local" here, its output appended to the stage log; otherwise as one job logging
+# to LOG, whose log is then appended to the stage log.
+run_step() {
+    local -a jobcmd
+    read -r -a jobcmd <<< "$1"
+    local job_log=$2
+    shift 2
+    if [ "${jobcmd[0]}" = local ]; then
+        run_logged "$@"
+        return
+    fi
+    echo "# $* (job log: ${job_log})" >> "${stage_log}"
+    rm -f "${job_log}"  # the stage markers decided to run it: never skipped as finished
+    local rc=0
+    run_job_command "${jobcmd[@]}" "${job_log}" "$@" || rc=$?
+    if [ -f "${job_log}" ]; then cat "${job_log}" >> "${stage_log}"; fi
+    return "${rc}"
+}
+
+# run_job_command JOBCMD... ARGS...: a scheduler's job command; what it prints goes to the
+# stage log, and to stderr as well when it fails (it names the failed jobs' logs).
+run_job_command() {
+    local rc=0 out
+    out=$("$@" 2>&1) || rc=$?
+    printf '%s\n' "${out}" >> "${stage_log}"
+    if [ "${rc}" -ne 0 ]; then printf '%s\n' "${out}" >&2; fi
+    return "${rc}"
+}
+
+# run_jobs JOBCMD NJ LOGDIR NAME COMMAND...: run COMMAND NJ times, JOB replaced by 1..NJ in
+# every argument, job i logging to LOGDIR/NAME.i.log. With the job command "local" the jobs
+# run side by side here (__RANK__ replaced by 0..NJ-1) and the tail of each failed job's log
+# is printed; otherwise JOBCMD runs them (and names the log of each failed job).
 run_jobs() {
-    local nj=$1 logdir=$2 name=$3
-    shift 3
+    local -a jobcmd
+    read -r -a jobcmd <<< "$1"
+    local nj=$2 logdir=$3 name=$4
+    shift 4
     local -a pids=() failed=()
     local i
     mkdir -p "${logdir}"
+    if [ "${jobcmd[0]}" != local ]; then
+        run_job_command "${jobcmd[@]}" "JOB=1:${nj}" "${logdir}/${name}.JOB.log" "$@"
+        return
+    fi
     for i in $(seq 1 "${nj}"); do
         local -a cmd=("${@//JOB/${i}}")
         cmd=("${cmd[@]//__RANK__/$((i - 1))}")
@@ -244,6 +306,20 @@ already_done() {
 mark_done() {
     mkdir -p "$(dirname "$1")"
     printf '%s\n' "$2" > "$1"
+}
+
+# fresh_logdir JOBCMD DIR SIGNATURE: an empty DIR for the jobs of a step. With a scheduler's
+# job command, a DIR left by a failed or interrupted attempt with the same SIGNATURE is kept
+# instead: its finished jobs are not submitted again.
+fresh_logdir() {
+    local jobcmd=$1 dir=$2 signature=$3
+    if [ "${jobcmd%% *}" != local ] && [ -f "${dir}/.attempt" ] \
+            && [ "$(cat "${dir}/.attempt")" = "${signature}" ]; then
+        log "resuming the jobs in ${dir}: finished jobs are not submitted again"
+        return
+    fi
+    rm -rf "${dir}"
+    if [ "${jobcmd%% *}" != local ]; then mark_done "${dir}/.attempt" "${signature}"; fi
 }
 
 min() {
@@ -326,7 +402,8 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     sig=$(printf '%s\n' "local_data_opts=${local_data_opts}" "data.sh=$(hash_of local/data.sh)")
     if ! already_done data/.done_stage1 "${sig}"; then
         # shellcheck disable=SC2086
-        run_logged local/data.sh ${local_data_opts}
+        run_step "${cpu_cmd} --num_threads ${nj}" "${data_logdir}/data_prep.log" \
+            local/data.sh ${local_data_opts}
         mark_done data/.done_stage1 "${sig}"
     fi
 fi
@@ -340,7 +417,8 @@ if [ -n "${speed_perturb_factors}" ] && [ "${stage}" -le 2 ] && [ "${stop_stage}
         "upstream=$(hash_of data/.done_stage1)")
     if ! already_done "data/${train_set}/.done_stage2" "${sig}"; then
         # shellcheck disable=SC2086
-        run_logged "${python}" -m dualmode_recipe speed_perturb \
+        run_step "${cpu_cmd} --num_threads ${nj}" "${data_logdir}/speed_perturb.log" \
+            "${python}" -m dualmode_recipe speed_perturb \
             --src "data/${orig_train_set}" --dst "data/${train_set}" \
             --factors ${speed_perturb_factors} --nj "${nj}"
         mark_done "data/${train_set}/.done_stage2" "${sig}"
@@ -382,7 +460,8 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
         sig=$(printf '%s\n' "src=data/${dset}" "fs=${fs_hz}" "audio_format=${audio_format}" \
             "upstream=${upstream}")
         if ! already_done "${out}/.done_stage3" "${sig}"; then
-            run_logged "${python}" -m dualmode_recipe format --src "data/${dset}" \
+            run_step "${cpu_cmd} --num_threads ${nj}" "${data_logdir}/format.${dset}.log" \
+                "${python}" -m dualmode_recipe format --src "data/${dset}" \
                 --dst "${out}" --fs "${fs_hz}" --audio_format "${audio_format}" --nj "${nj}"
             mark_done "${out}/.done_stage3" "${sig}"
         fi
@@ -478,7 +557,7 @@ if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 10 ]; then
         "valid=$(hash_of "$(final_marker "${valid_set}")")")
     if ! already_done "${asr_stats_dir}/.done_stage10" "${sig}"; then
         logdir=${asr_stats_dir}/logdir
-        rm -rf "${logdir}"
+        fresh_logdir "${cpu_cmd}" "${logdir}" "${sig}"
         _nj=$(min "${nj}" "$(min "$(num_lines "${data_feats}/${train_set}/wav.scp")" \
             "$(num_lines "${data_feats}/${valid_set}/wav.scp")")")
         for part in train valid; do
@@ -488,7 +567,8 @@ if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 10 ]; then
                 --out_dir "${logdir}" --name "${part}"
         done
         # shellcheck disable=SC2086
-        run_jobs "${_nj}" "${logdir}" stats "${python}" -m espnet2_dualmode.bin.dualmode_asr_train \
+        run_jobs "${cpu_cmd}" "${_nj}" "${logdir}" stats \
+            "${python}" -m espnet2_dualmode.bin.dualmode_asr_train \
             --collect_stats true --use_preprocessor true "${token_opts[@]}" "${data_opts[@]}" \
             --train_shape_file "${logdir}/train.JOB.scp" \
             --valid_shape_file "${logdir}/valid.JOB.scp" \
@@ -525,7 +605,7 @@ if [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 11 ]; then
             train_opts+=(--multiprocessing_distributed true)
         fi
         # shellcheck disable=SC2086
-        train_cmd=("${python}" -m espnet2_dualmode.bin.dualmode_asr_train \
+        trainer=("${python}" -m espnet2_dualmode.bin.dualmode_asr_train \
             --use_preprocessor true "${token_opts[@]}" "${data_opts[@]}" \
             --train_shape_file "${asr_stats_dir}/train/speech_shape" \
             --train_shape_file "${asr_stats_dir}/train/text_shape.${token_type}" \
@@ -535,18 +615,40 @@ if [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 11 ]; then
             --output_dir "${asr_exp}" --config "${train_config}" --ngpu "${ngpu}" \
             --preflight_batches "${preflight_batches}" \
             --frontend_conf "fs=${fs_hz}" "${train_opts[@]}" ${asr_args})
-        if [ "${ngpu}" -eq 0 ] && [ "${cpu_train_procs}" -gt 1 ]; then
-            # Several single-threaded CPU processes (DDP over gloo): OpenMP threads of one
-            # process slow down by an order of magnitude when other processes share the cores.
-            rendezvous=$(cd "${asr_exp}" && pwd)/.rendezvous
-            rm -f "${rendezvous}"
-            OMP_NUM_THREADS=1 run_jobs "${cpu_train_procs}" "${asr_exp}/logs" train \
-                "${train_cmd[@]}" --multiprocessing_distributed false --dist_backend gloo \
+        rendezvous=$(cd "${asr_exp}" && pwd)/.rendezvous
+        rm -f "${rendezvous}"
+        # With --ngpu 0, several single-threaded CPU processes (DDP over gloo): OpenMP
+        # threads of one process slow down by an order of magnitude when other processes
+        # share the cores. With GPUs, one process per node spawns one per GPU.
+        if [ "${ngpu}" -eq 0 ]; then tasks_per_node=${cpu_train_procs}; else tasks_per_node=1; fi
+        if [ "${train_cmd%% *}" = local ] && [ "${tasks_per_node}" -gt 1 ]; then
+            OMP_NUM_THREADS=1 run_jobs local "${cpu_train_procs}" "${asr_exp}/logs" train \
+                "${trainer[@]}" --multiprocessing_distributed false --dist_backend gloo \
                 --dist_world_size "${cpu_train_procs}" --dist_init_method "file://${rendezvous}" \
                 --dist_rank __RANK__ --local_rank __RANK__
             cat "${asr_exp}/logs/train.1.log" >> "${stage_log}"  # rank 0 reports
+        elif [ "${train_cmd%% *}" = local ]; then
+            run_logged "${trainer[@]}"
         else
-            run_logged "${train_cmd[@]}"
+            # Under a scheduler, srun starts the tasks of every node and ESPnet's trainer
+            # takes world size and local rank from Slurm (--dist_launcher slurm). The rank
+            # is given as SLURM_PROCID: ESPnet would read the node's, which is the rank only
+            # with one task per node (its CPU processes are several tasks per node).
+            launcher=()
+            resources="--gpu ${ngpu} --num_threads $(( ngpu > 1 ? ngpu : 1 ))"
+            if [ "${num_nodes}" -gt 1 ] || [ "${tasks_per_node}" -gt 1 ]; then
+                resources+=" --num_nodes ${num_nodes} --tasks_per_node ${tasks_per_node}"
+                # shellcheck disable=SC2016  # expanded in each task
+                launcher=(srun --kill-on-bad-exit=1 bash -c 'exec "$@" --dist_rank "${SLURM_PROCID}"' task)
+                trainer+=(--dist_launcher slurm --dist_init_method "file://${rendezvous}")
+                if [ "${ngpu}" -eq 0 ]; then
+                    trainer+=(--multiprocessing_distributed false --dist_backend gloo)
+                elif [ "${ngpu}" -eq 1 ]; then
+                    trainer+=(--multiprocessing_distributed true)
+                fi
+            fi
+            run_step "${train_cmd} ${resources}" "${asr_exp}/logs/train.log" \
+                "${launcher[@]}" "${trainer[@]}"
         fi
         mark_done "${asr_exp}/.done_stage11" "${sig}"
     fi
@@ -585,12 +687,13 @@ if [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 12 ]; then
             log "${head} on ${dset} -> ${dir}"
             if already_done "${dir}/.done_stage12" "${sig}"; then continue; fi
             logdir=${dir}/logdir
-            rm -rf "${logdir}"
+            fresh_logdir "${decode_cmd}" "${logdir}" "${sig}"
             _nj=$("${python}" -m dualmode_recipe split \
                 --scp "${data_feats}/${dset}/wav.scp" --num_splits "${inference_nj}" \
                 --out_dir "${logdir}" --name keys 2>> "${stage_log}")
             # shellcheck disable=SC2086
-            run_jobs "${_nj}" "${logdir}" decode "${python}" "${decoder[@]}" \
+            run_jobs "${decode_cmd} --gpu ${inference_ngpu}" "${_nj}" "${logdir}" decode \
+                "${python}" "${decoder[@]}" \
                 --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${model_file}" \
                 --data_path_and_name_and_type "${data_feats}/${dset}/wav.scp,speech,sound" \
                 --key_file "${logdir}/keys.JOB.scp" --output_dir "${logdir}/output.JOB" \
@@ -621,7 +724,8 @@ if [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 12 ]; then
         sig+=$'\n'"chunk=${sim_chunk_length} ${beam_opts[*]}"
         log "latency of the streaming mode on ${latency_set} -> ${dir}/latency.json"
         if ! already_done "${dir}/.done_stage12" "${sig}"; then
-            run_logged "${python}" -m espnet2_dualmode.bin.measure_latency \
+            run_step "${decode_cmd} --gpu ${inference_ngpu}" "${dir}/latency.log" \
+                "${python}" -m espnet2_dualmode.bin.measure_latency \
                 --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${model_file}" \
                 --data_path_and_name_and_type "${data_feats}/${latency_set}/wav.scp,speech,sound" \
                 --output_dir "${dir}" --max_utts "${latency_max_utts}" \
@@ -660,11 +764,11 @@ if [ "${stage}" -le 13 ] && [ "${stop_stage}" -ge 13 ]; then
             for dset in ${test_sets}; do
                 dir=${decode_root}/${head}/${dset}
                 [ -f "${dir}/text" ] || { log "error: ${dir}/text does not exist (decode first: stage 12)"; exit 1; }
-                echo "# score ${dir}" >> "${stage_log}"
-                "${python}" -m dualmode_recipe score --ref_text "${data_feats}/${dset}/text" \
+                # shellcheck disable=SC2016  # expanded by the job's shell
+                run_step "${cpu_cmd}" "${dir}/score.log" bash -c '"$@" > "$0"' "${dir}/scores.json" \
+                    "${python}" -m dualmode_recipe score --ref_text "${data_feats}/${dset}/text" \
                     --hyp_text "${dir}/text" --name "${dset}" "${unit_opts[@]}" \
-                    "${nlsyms_opts[@]}" --output_dir "${dir}" --json \
-                    > "${dir}/scores.json" 2>> "${stage_log}"
+                    "${nlsyms_opts[@]}" --output_dir "${dir}" --json
             done
         done
         # shellcheck disable=SC2086
