@@ -17,6 +17,7 @@ install_requires = [
     "soundfile",
     "tensorboard",
     "pyopenjtalk-plus",
+    "aiohttp>=3.9",  # the server (espnet2_dualmode.bin.serve); web.AppKey needs 3.9
 ]
 
 setup(
@@ -29,8 +30,10 @@ setup(
                                     "dualmode_recipe", "dualmode_recipe.*"]),
     python_requires=">=3.11,<3.12",
     install_requires=install_requires,
+    package_data={"espnet2_dualmode.serving": ["static/*"]},  # the browser page
     extras_require={
-        "test": ["pytest"],
+        # selenium drives Debian's chromium + chromium-driver in tests/test_serve_browser.py
+        "test": ["pytest", "selenium>=4.11"],
         # warp-rnnt builds only where a CUDA GPU is visible at install time.
         "cuda": ["warp-rnnt==0.7.0"],
     },

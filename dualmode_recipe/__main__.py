@@ -6,7 +6,8 @@ Commands, in the order of the stages of ``egs2/TEMPLATE/asr1/dualmode_asr.sh``:
   speed_perturb, format, filter, bpe         stages 2-5
   rate, config_value, merge_config           option and config plumbing of the script
   split, merge                               parallel jobs of stages 10 and 12
-  score, results                             stage 13: CER/WER, RESULTS.md
+  score, results, check_empty                stage 13: CER/WER, RESULTS.md, non-speech check
+  sweep_geometry, sweep_report               stage 14: block-size sweep of one model
   compare                                    several experiments: Tables 1-2, Figure 2
 
 ``python -m dualmode_recipe <command> --help`` shows a command's options. A data or file
@@ -21,6 +22,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
+
+from espnet2.utils.types import str2bool
 
 from dualmode_recipe.audio import AUDIO_FORMATS
 from dualmode_recipe.corpora.csj import CSJ_VERSIONS, SUBSETS
@@ -103,18 +106,24 @@ def _add_prep_librispeech(p: argparse.ArgumentParser) -> None:
 
 
 def _make_demo_ja(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    from dualmode_recipe.corpora.demo_ja import CorpusConfig, make_corpus
+    from dualmode_recipe.corpora.demo_ja import CorpusConfig, make_corpus, make_non_speech_set
 
     try:
         config = CorpusConfig(out_dir=args.out_dir, wav_dir=args.wav_dir,
                               num_train=args.num_train, num_dev=args.num_dev,
                               num_test=args.num_test, seed=args.seed,
-                              noise_snr_db=args.noise_snr_db)
+                              noise_snr_db=args.noise_snr_db,
+                              noise_fraction=args.noise_fraction,
+                              pad_seconds=args.pad_seconds, empty_fraction=args.empty_fraction)
         if args.nj < 1:
             raise ValueError(f"--nj must be >= 1, got {args.nj}")
     except ValueError as e:
         parser.error(str(e))
     _run(args, lambda: make_corpus(config, nj=args.nj))
+    if args.non_speech_seconds > 0:
+        _run(args, lambda: make_non_speech_set(
+            Path(args.out_dir) / "non_speech", Path(args.wav_dir) / "non_speech",
+            args.non_speech_seconds, args.non_speech_dbfs, args.seed))
 
 
 def _add_make_demo_ja(p: argparse.ArgumentParser) -> None:
@@ -129,6 +138,18 @@ def _add_make_demo_ja(p: argparse.ArgumentParser) -> None:
                    help="worker processes (the output does not depend on it)")
     p.add_argument("--noise_snr_db", type=float, default=None,
                    help="add white Gaussian noise at this SNR in dB (default: none)")
+    p.add_argument("--noise_fraction", type=float, default=1.0,
+                   help="share of the speech utterances that get the noise")
+    p.add_argument("--pad_seconds", type=float, default=0.0,
+                   help="leading and trailing silence, each uniform in [0, this] seconds")
+    p.add_argument("--empty_fraction", type=float, default=0.0,
+                   help="non-speech clips (silence, noise; empty transcript) added to train "
+                   "and dev, as a share of their utterances")
+    p.add_argument("--non_speech_seconds", type=float, default=0.0,
+                   help="also write the test set OUT_DIR/non_speech: digital silence and white "
+                   "noise of this length, empty transcripts (0: none)")
+    p.add_argument("--non_speech_dbfs", type=float, default=-50.0,
+                   help="RMS level of that noise in dB full scale")
     p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -167,7 +188,7 @@ def _filter(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     from dualmode_recipe.filter import filter_dump_dir
 
     _run(args, lambda: filter_dump_dir(args.src, args.dst, args.fs, args.min_duration,
-                                       args.max_duration))
+                                       args.max_duration, args.keep_empty_text))
 
 
 def _add_filter(p: argparse.ArgumentParser) -> None:
@@ -177,6 +198,8 @@ def _add_filter(p: argparse.ArgumentParser) -> None:
                    help="sample rate of the dump (16k or 16000)")
     p.add_argument("--min_duration", type=float, default=0.1, help="seconds")
     p.add_argument("--max_duration", type=float, default=20.0, help="seconds")
+    p.add_argument("--keep_empty_text", type=str2bool, default=False,
+                   help="keep utterances with an empty transcript (silence/noise clips)")
 
 
 def _bpe(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -346,6 +369,27 @@ def _results(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     _run(args, body)
 
 
+def _check_empty(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    from dualmode_recipe.empty_check import empty_check_markdown
+
+    def body() -> None:
+        report, ok = empty_check_markdown(args.decode_dir, args.heads, args.test_set)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(report, encoding="utf-8")
+        if not ok:
+            raise RuntimeError(f"non-empty output on the non-speech set {args.test_set} "
+                               f"(see {args.output}):\n{report}")
+
+    _run(args, body)
+
+
+def _add_check_empty(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decode_dir", required=True, help="holds <head>/<test_set>/text")
+    p.add_argument("--heads", nargs="+", required=True)
+    p.add_argument("--test_set", required=True, help="a set whose transcripts are all empty")
+    p.add_argument("--output", required=True, help="Markdown report")
+
+
 def _add_results(p: argparse.ArgumentParser) -> None:
     p.description = ("Write RESULTS.md from DECODE_DIR/<head>/<set>/scores.json and "
                      "DECODE_DIR/latency/latency.json, and print it.")
@@ -358,8 +402,66 @@ def _add_results(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="RESULTS.md to write")
 
 
+def _sweep_geometry(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    from dualmode_recipe.sweep import geometry_name, geometry_options, sweep_geometry
+
+    def body() -> None:
+        lines = []
+        for block in args.block_sizes:
+            g = sweep_geometry(block, args.hop_ratio, args.look_ahead_ratio)
+            lines.append(" ".join([geometry_name(g), *geometry_options(g)]) + "\n")
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text("".join(lines), encoding="utf-8")
+        else:
+            print("".join(lines), end="")
+
+    if len(set(args.block_sizes)) != len(args.block_sizes):
+        parser.error(f"--block_sizes must be unique: {args.block_sizes}")
+    _run(args, body)
+
+
+def _add_sweep_geometry(p: argparse.ArgumentParser) -> None:
+    p.description = ("For each block size, one line: the folder name of its geometry and the "
+                     "decoding options --block_size N --hop_size N --look_ahead N, with hop "
+                     "and look-ahead as ratios of the block rounded half up (the rule of "
+                     "dynamic-block training).")
+    p.add_argument("--block_sizes", type=int, nargs="+", required=True,
+                   help="in subsampled frames")
+    p.add_argument("--hop_ratio", type=float, default=0.4)
+    p.add_argument("--look_ahead_ratio", type=float, default=0.4)
+    p.add_argument("--output", help="file to write the lines to (default: print them)")
+
+
+def _sweep_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    from dualmode_recipe.sweep import write_sweep_report
+
+    _run(args, lambda: print(write_sweep_report(
+        args.sweep_dir, args.block_sizes, args.hop_ratio, args.look_ahead_ratio, args.heads,
+        args.test_sets, args.units, args.title, args.latency_set)))
+
+
+def _add_sweep_report(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Gather a block-size sweep of one model (stage 14: SWEEP_DIR/<geometry>/<head>/<set>/"
+        "scores.json and SWEEP_DIR/<geometry>/latency/latency.json) into SWEEP_DIR/sweep.md "
+        "(a row per geometry: block, hop, look-ahead, algorithmic latency, error rate per "
+        "head and set, RTF, emission delay P50/P90), SWEEP_DIR/sweep.png (error rate "
+        "against algorithmic latency, first unit) and SWEEP_DIR/sweep.json (read by "
+        "compare --sweep); print the Markdown.")
+    p.add_argument("--sweep_dir", required=True)
+    p.add_argument("--block_sizes", type=int, nargs="+", required=True)
+    p.add_argument("--hop_ratio", type=float, default=0.4)
+    p.add_argument("--look_ahead_ratio", type=float, default=0.4)
+    p.add_argument("--heads", nargs="+", required=True, help="decoding heads, table columns")
+    p.add_argument("--test_sets", nargs="+", required=True)
+    p.add_argument("--units", nargs="+", choices=sorted(TITLE), default=["char"])
+    p.add_argument("--title", required=True, help="heading of the report")
+    p.add_argument("--latency_set", required=True, help="test set the latency was measured on")
+
+
 def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    from dualmode_recipe.compare import write_comparison
+    from dualmode_recipe.compare import write_comparison, write_sweep_comparison
 
     names = args.names or [Path(d).name.removeprefix("asr_") for d in args.exp_dirs]
     if len(names) != len(args.exp_dirs):
@@ -368,6 +470,13 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error(f"experiment names must be unique: {names}")
     if args.offline_head == "streaming":
         parser.error("--offline_head must be a full-context head, not streaming")
+    if args.sweep:
+        if args.figure_x or args.baseline:
+            parser.error("--sweep does not take --figure_x or --baseline")
+        _run(args, lambda: print(write_sweep_comparison(
+            args.exp_dirs, names, args.test_sets, args.unit, args.output_dir,
+            args.offline_head, args.inference_tag)))
+        return
     _run(args, lambda: print(write_comparison(
         args.exp_dirs, names, args.test_sets, args.unit, args.output_dir, args.offline_head,
         args.inference_tag, args.baseline, args.table2_block_size, args.table2_baseline,
@@ -383,7 +492,10 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
         "experiment; Table 2 layout: a row per distillation method at --table2_block_size) "
         "and prints it; with --figure_x, also OUTPUT_DIR/figure_<key>.png (Figure 2 layout: "
         "error rate against the config value, a line per method and mode, a panel per "
-        "test set).")
+        "test set). With --sweep, instead: the block-size sweeps of one model per experiment "
+        "(stage 14, <decode dir>/sweep/sweep.json) side by side, OUTPUT_DIR/sweeps.md and "
+        "OUTPUT_DIR/figure_sweeps.png (error rate against algorithmic latency, a colour per "
+        "experiment, streaming solid and --offline_head dashed).")
     p.add_argument("--exp_dirs", nargs="+", required=True,
                    help="experiment folders exp/asr_<tag>, in row order")
     p.add_argument("--names", nargs="+",
@@ -407,6 +519,8 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figure_x",
                    help="draw the Figure 2 layout against this config.yaml value: a dotted "
                    "key, or a key of stream_encoder_conf such as block_size")
+    p.add_argument("--sweep", action="store_true",
+                   help="compare the experiments' stage-14 block-size sweeps instead")
 
 
 COMMANDS = {
@@ -439,8 +553,15 @@ COMMANDS = {
     "merge": (_add_merge, _merge, "merge the decoding outputs of parallel jobs into OUT_DIR"),
     "score": (_add_score, _score, "score recognition output (CER/WER) as ESPnet's stage 13"),
     "results": (_add_results, _results, "write RESULTS.md of a decoding directory"),
+    "check_empty": (_add_check_empty, _check_empty,
+                    "fail unless every head decoded a non-speech test set to empty text"),
+    "sweep_geometry": (_add_sweep_geometry, _sweep_geometry,
+                       "print the geometry of a block size in the sweep (stage 14)"),
+    "sweep_report": (_add_sweep_report, _sweep_report,
+                     "write the table and plot of a block-size sweep of one model (stage 14)"),
     "compare": (_add_compare, _compare,
-                "compare scored experiments (paper's Tables 1-2 and Figure 2 layouts)"),
+                "compare scored experiments (paper's Tables 1-2 and Figure 2 layouts), or with "
+                "--sweep their one-model block-size sweeps side by side"),
 }
 
 

@@ -2,7 +2,7 @@
 
 Each experiment is a recipe experiment folder ``exp/asr_<tag>`` after stages 12-13: its
 ``config.yaml`` (written by training) and ``<decode dir>/<head>/<test set>/scores.json``
-(read with :func:`dualmode_recipe.results.read_scores`). An experiment gives a
+(read with :func:`dualmode_recipe.results.read_error_rate`). An experiment gives a
 streaming row (head ``streaming``) when its model has a streaming encoder and a
 full-context row (an offline head, ``rnnt`` by default) when it has a full-context one;
 the paper numbers them ST1, ST2, ... and NST1, NST2, ... in order.
@@ -14,6 +14,9 @@ the paper numbers them ST1, ST2, ... and NST1, NST2, ... in order.
   block size, labelled by method (mse-ED, sp-DD, sp-ED).
 - Figure 2 layout: error rate against a config value (the block size) per method and
   mode, one panel per test set.
+- Figure 2 from one model per experiment (``--sweep``): the block-size sweeps of stage 14
+  (:mod:`dualmode_recipe.sweep`) side by side, error rate against algorithmic latency,
+  e.g. a dynamic-block sp-ED model against a dynamic-block mse-ED one.
 
 Error rates are the unrounded ``err_rate`` of the score records, shown with 2 decimals as
 in the paper (RESULTS.md shows sclite's 1-decimal rounding of the same counts).
@@ -30,7 +33,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from dualmode_recipe.config import config_value
-from dualmode_recipe.results import TITLE, read_scores
+from dualmode_recipe.results import TITLE, read_error_rate
+from dualmode_recipe.sweep import (
+    LATENCY_DEFINITION,
+    SWEEP_JSON,
+    SweepPoint,
+    head_curve,
+    plot_curves,
+    read_sweep,
+    sweep_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,15 +161,10 @@ def load_experiment(exp_dir: str | os.PathLike, name: str, test_sets: Sequence[s
             if not path.is_file():
                 raise FileNotFoundError(f"experiment {name}: {path} does not exist (decode and "
                                         f"score {test_set} with head {head}: stages 12-13)")
-            record = read_scores(path).get(unit)
-            if record is None:
-                raise ValueError(f"experiment {name}: {path} has no {unit} score "
-                                 f"(stage 13 --score_units)")
-            if not isinstance(record.get("err_rate"), (int, float)):
-                raise ValueError(f"experiment {name}: {path}: no error rate (the references "
-                                 "have no tokens)")
-            scores[mode, test_set] = Score(float(record["err_rate"]),
-                                           len(record.get("missing_hyp", [])))
+            try:
+                scores[mode, test_set] = Score(*read_error_rate(path, unit))
+            except ValueError as err:
+                raise ValueError(f"experiment {name}: {err}") from None
     logger.info("experiment %s: %s, %s", name, decode_dir,
                 " and ".join(f"{MODE_NAME[m]} ({h})" for m, h in heads.items()))
     return Experiment(name, root, config, scores)
@@ -357,4 +364,72 @@ def write_comparison(exp_dirs: Sequence[str], names: Sequence[str], test_sets: S
         plot_figure(experiments, test_sets, unit, key, figure)
         text += f"\nFigure: {figure.name}\n"
     (out / "comparison.md").write_text(text, encoding="utf-8")
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+# One-model block-size sweeps (stage 14) side by side
+# ---------------------------------------------------------------------------------------
+def load_sweep(exp_dir: str | os.PathLike, name: str, heads: Sequence[str],
+               test_sets: Sequence[str], unit: str, inference_tag: Optional[str] = None
+               ) -> List[SweepPoint]:
+    """The stage-14 sweep of an experiment (``<decode dir>/sweep/sweep.json``), checked to
+    hold ``unit`` scores of every head and test set.
+
+    Raises:
+        FileNotFoundError / ValueError: no sweep, or a head, set or unit it lacks; the
+            message names the experiment and the file.
+    """
+    root = Path(exp_dir)
+    try:
+        decode_dir = root / inference_tag if inference_tag else find_decode_dir(root, ["sweep"])
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"experiment {name}: {err} (stage 14, --sweep_block_sizes)") from None
+    path = decode_dir / "sweep" / SWEEP_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment {name}: {path} does not exist (run stage 14 with "
+                                "--sweep_block_sizes)")
+    points = read_sweep(path)
+    for p in points:
+        for head in heads:
+            for test_set in test_sets:
+                if test_set not in p.scores.get(unit, {}).get(head, {}):
+                    raise ValueError(f"experiment {name}: {path} has no {unit} score of head "
+                                     f"{head} on {test_set} at block {p.block_size} (stage 14 "
+                                     "--sweep_heads, --test_sets, --score_units)")
+    logger.info("experiment %s: sweep %s (%d geometries)", name, path, len(points))
+    return points
+
+
+def sweep_comparison_markdown(sweeps: Mapping[str, Sequence[SweepPoint]], heads: Sequence[str],
+                              test_sets: Sequence[str], unit: str) -> str:
+    """Several experiments' sweeps in one table: a row per experiment and geometry."""
+    rows = [((name,), p) for name, points in sweeps.items()
+            for p in sorted(points, key=lambda q: q.block_size)]
+    lines = ["# Block-size sweeps side by side\n",
+             f"{TITLE[unit]} (%) per decoding head and test set; {LATENCY_DEFINITION}.\n",
+             *sweep_table(rows, ("experiment",), heads, test_sets, unit)]
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_comparison(exp_dirs: Sequence[str], names: Sequence[str],
+                           test_sets: Sequence[str], unit: str, output_dir: str | os.PathLike,
+                           offline_head: str = "rnnt", inference_tag: Optional[str] = None
+                           ) -> str:
+    """Figure 2 from one model per experiment: write ``output_dir/sweeps.md`` and
+    ``figure_sweeps.png`` (error rate against algorithmic latency, a colour per experiment,
+    solid streaming and dashed ``offline_head`` lines, a panel per test set); return the
+    Markdown."""
+    heads = [STREAMING, offline_head]
+    sweeps = {n: load_sweep(d, n, heads, test_sets, unit, inference_tag)
+              for d, n in zip(exp_dirs, names)}
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = sweep_comparison_markdown(sweeps, heads, test_sets, unit)
+    labels = {STREAMING: MODE_NAME[STREAMING], offline_head: f"full context ({offline_head})"}
+    plot_curves({s: [head_curve(points, h, s, unit, f"{name}, {labels[h]}", f"C{i}")
+                     for i, (name, points) in enumerate(sweeps.items()) for h in heads]
+                 for s in test_sets}, f"{TITLE[unit]} (%)", out / "figure_sweeps.png")
+    text += "\nFigure: figure_sweeps.png\n"
+    (out / "sweeps.md").write_text(text, encoding="utf-8")
     return text

@@ -1,7 +1,9 @@
 """Remove unusable utterances from a dump directory (stage 4, as ESPnet's asr.sh).
 
 An utterance is dropped when it is shorter than ``min_duration`` or longer than
-``max_duration`` seconds (from ``utt2num_samples``) or when its transcript is empty.
+``max_duration`` seconds (from ``utt2num_samples``) or when its transcript is empty
+(unless ``keep_empty_text``: a corpus with silence/noise clips that teach the model to emit
+nothing).
 Every removal is counted by reason and logged; the audio stays where stage 3 wrote it
 (the new ``wav.scp`` points there).
 """
@@ -18,20 +20,21 @@ from dualmode_recipe.kaldi_dir import Utterance, read_data_dir, write_dump_dir
 
 
 def rejection(utt: Utterance, num_samples: int, rate: int, min_duration: float,
-              max_duration: float) -> Optional[str]:
+              max_duration: float, keep_empty_text: bool = False) -> Optional[str]:
     """Why ``utt`` is removed (``None``: it is kept)."""
     seconds = num_samples / rate
     if seconds < min_duration:
         return f"shorter than {min_duration} s"
     if seconds > max_duration:
         return f"longer than {max_duration} s"
-    if not utt.text.strip():
+    if not keep_empty_text and not utt.text.strip():
         return "empty text"
     return None
 
 
 def filter_dump_dir(src: str | os.PathLike, dst: str | os.PathLike, rate: int,
-                    min_duration: float, max_duration: float) -> Tuple[Path, Counter]:
+                    min_duration: float, max_duration: float,
+                    keep_empty_text: bool = False) -> Tuple[Path, Counter]:
     """Write the kept utterances of the dump directory ``src`` to ``dst``.
 
     Returns:
@@ -50,7 +53,8 @@ def filter_dump_dir(src: str | os.PathLike, dst: str | os.PathLike, rate: int,
     removed: Counter = Counter()
     kept = []
     for u in data.utterances:
-        reason = rejection(u, data.num_samples[u.utt_id], rate, min_duration, max_duration)
+        reason = rejection(u, data.num_samples[u.utt_id], rate, min_duration, max_duration,
+                           keep_empty_text)
         if reason is None:
             kept.append(u)
         else:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from dualmode_recipe.scoring.scorer import TITLE
 
 LATENCY_KEYS = ("rtf", "algorithmic_latency_ms", "emission_delay_p50_ms",
                 "emission_delay_p90_ms")
+# With a speech-segments reference (measure_latency --speech_segments), optional.
+SEGMENT_LATENCY_KEYS = ("latency_at50_ms", "latency_at90_ms", "first_token_delay_p50_ms",
+                        "first_token_delay_p90_ms")
 
 
 def read_scores(path: str | os.PathLike) -> Dict[str, dict]:
@@ -46,6 +49,22 @@ def read_scores(path: str | os.PathLike) -> Dict[str, dict]:
     return result
 
 
+def read_error_rate(path: str | os.PathLike, unit: str) -> Tuple[float, int]:
+    """The unrounded error rate (percent) of ``unit`` in a ``scores.json`` file and the
+    number of utterances without a hypothesis.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: no ``unit`` score in it, or no error rate (references without tokens).
+    """
+    record = read_scores(path).get(unit)
+    if record is None:
+        raise ValueError(f"{path} has no {unit} score (--score_units)")
+    if not isinstance(record.get("err_rate"), (int, float)):
+        raise ValueError(f"{path}: no error rate (the references have no tokens)")
+    return float(record["err_rate"]), len(record.get("missing_hyp", []))
+
+
 def read_latency(path: str | os.PathLike) -> Dict[str, float]:
     """The four latency figures of a ``latency.json`` file.
 
@@ -57,7 +76,10 @@ def read_latency(path: str | os.PathLike) -> Dict[str, float]:
     missing = [k for k in LATENCY_KEYS if not isinstance(data.get(k), (int, float))]
     if missing:
         raise ValueError(f"{path}: missing or non-numeric {missing}")
-    return {k: float(data[k]) for k in LATENCY_KEYS}
+    result = {k: float(data[k]) for k in LATENCY_KEYS}
+    result.update({k: float(data[k]) for k in SEGMENT_LATENCY_KEYS
+                   if isinstance(data.get(k), (int, float))})
+    return result
 
 
 def _cell(record: dict) -> str:
@@ -102,5 +124,11 @@ def results_markdown(decode_dir: str | os.PathLike, heads: Sequence[str],
         lines.append(f"Latency (streaming{where}): RTF {lat['rtf']:.3f}, algorithmic "
                      f"latency {lat['algorithmic_latency_ms']:.0f} ms, emission delay P50 "
                      f"{lat['emission_delay_p50_ms']:.0f} ms / P90 "
-                     f"{lat['emission_delay_p90_ms']:.0f} ms\n")
+                     f"{lat['emission_delay_p90_ms']:.0f} ms (per token, against the model's "
+                     f"own CTC alignment)\n")
+        if all(k in lat for k in SEGMENT_LATENCY_KEYS):
+            lines.append(f"Against the synthesis timing: Latency@50 {lat['latency_at50_ms']:.0f} ms / "
+                         f"@90 {lat['latency_at90_ms']:.0f} ms (last token after the end of "
+                         f"speech), first-token delay P50 {lat['first_token_delay_p50_ms']:.0f} ms "
+                         f"/ P90 {lat['first_token_delay_p90_ms']:.0f} ms\n")
     return "\n".join(lines)

@@ -23,6 +23,12 @@ encoders stay nearly input-independent for the first thousand updates.
 - a CTC warm-up (``ctc_warmup_iters``): the first training iterations optimise only the CTC
   losses (streaming auxiliary + offline, weight 1 each) -> :meth:`_ctc_warmup_loss`.
 
+Dynamic blocks (the streaming encoder's ``dynamic_block_sizes``, not in the paper): each
+training batch runs the streaming encoder, and thus the whole cascade, at the geometry drawn
+for its iteration (:meth:`_stream_geometry`), reported as ``block_size``. Validation keeps the
+default geometry for the loss and adds the greedy streaming error rate at every geometry of
+the set (``cer_onl_b<block>``, :meth:`_geometry_error_rates`).
+
 The paper's baselines are configurations of the same class: standalone Context-T
 (streaming encoder + streaming RNN-T only), standalone Conformer-T (full-context encoder
 reading features + offline RNN-T only) and cascaded encoders with one shared RNN-T
@@ -34,7 +40,8 @@ Symbols: B batch, T input frames, T' encoder frames, U tokens, V vocabulary.
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+import contextlib
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import editdistance
 import torch
@@ -57,6 +64,7 @@ from espnet2_dualmode.decoding.transducer_search import greedy_search
 from espnet2_dualmode.encoders.contextual_block_conformer import ContextualBlockConformerEncoder
 from espnet2_dualmode.encoders.full_context_conformer import FullContextConformerEncoder
 from espnet2_dualmode.losses import mse_distill_loss, pruned_rnnt_loss, rnnt_loss, sp_kd_loss
+from espnet2_dualmode.losses.transducer import check_fastemit_lambda
 from espnet2_dualmode.train.collective_errors import raise_on_every_rank
 
 
@@ -90,7 +98,9 @@ class DualModeASRModel(AbsESPnetModel):
         stream_ctc_weight: weight of the auxiliary streaming CTC loss (not in the paper).
         ctc_warmup_iters: number of first training iterations (forward calls in training
             mode) that optimise only the CTC losses (not in the paper; 0: off). The count
-            is a buffer of the model, so a resumed run continues it.
+            is a buffer of the model (``train_iters``), so a resumed run continues it; it
+            stops at the warm-up's end unless the streaming encoder has dynamic blocks,
+            whose draw it indexes.
         encoder_distill: "sp" (sp-ED), "mse" (mse-ED) or None.
         encoder_distill_layers: (teacher layer, student layer) pairs, indices into the
             full-context and streaming encoder layers (negative from the end); the set
@@ -106,6 +116,9 @@ class DualModeASRModel(AbsESPnetModel):
             RNN-T: a trivial-joiner loss picks ``pruned_s_range`` label positions per
             frame and the joint runs only there; for large vocabularies).
         pruned_s_range, simple_loss_scale: settings of the pruned loss.
+        fastemit_lambda: FastEmit weight (Yu et al. 2021) on both RNN-T losses, L_onl and
+            L_rnnt, with either loss type; it changes their gradients only (see
+            losses.transducer). 0 (default) is the plain RNN-T loss.
     """
 
     def __init__(
@@ -144,6 +157,7 @@ class DualModeASRModel(AbsESPnetModel):
         rnnt_loss_type: str = "full",
         pruned_s_range: int = 5,
         simple_loss_scale: float = 0.5,
+        fastemit_lambda: float = 0.0,
         ignore_id: int = -1,
     ):
         super().__init__()
@@ -164,7 +178,8 @@ class DualModeASRModel(AbsESPnetModel):
         self.distill_weight = distill_weight
         self.stream_ctc, self.stream_ctc_weight = stream_ctc, stream_ctc_weight
         self.ctc_warmup_iters = ctc_warmup_iters
-        if ctc_warmup_iters > 0:  # only then: checkpoints of other runs keep their keys
+        self.dynamic_blocks = bool(getattr(stream_encoder, "dynamic_geometries", ()))
+        if ctc_warmup_iters > 0 or self.dynamic_blocks:  # only then: other checkpoints keep their keys
             self.register_buffer("train_iters", torch.zeros((), dtype=torch.long))
         self.encoder_distill = encoder_distill
         self.encoder_distill_layers = [tuple(p) for p in encoder_distill_layers]
@@ -175,6 +190,8 @@ class DualModeASRModel(AbsESPnetModel):
         self.rnnt_loss_type = rnnt_loss_type
         self.pruned_s_range = pruned_s_range
         self.simple_loss_scale = simple_loss_scale
+        check_fastemit_lambda(fastemit_lambda)
+        self.fastemit_lambda = fastemit_lambda
         self.criterion_att = LabelSmoothingLoss(vocab_size, ignore_id, lsm_weight)
         self.criterion_mlm = LabelSmoothingLoss(vocab_size + 1, ignore_id, lsm_weight)
         self._check_configuration()
@@ -304,9 +321,13 @@ class DualModeASRModel(AbsESPnetModel):
         batch_size = speech.size(0)
         text = text[:, : text_lengths.max()]
         self._check_tokens(text, text_lengths)
-        enc = self.encode_features(*self.features(speech, speech_lengths))
-        if self._ctc_warmup_step():
+        feats, feat_lengths = self.features(speech, speech_lengths)
+        step = self._count_train_iter()
+        with self._stream_geometry(step) as geometry_stats:
+            enc = self.encode_features(feats, feat_lengths)
+        if step is not None and step < self.ctc_warmup_iters:
             loss, stats = self._ctc_warmup_loss(enc, text, text_lengths)
+            stats.update(geometry_stats)
             loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
             return loss, stats, weight
         stats: Dict[str, Optional[torch.Tensor]] = {}
@@ -339,6 +360,8 @@ class DualModeASRModel(AbsESPnetModel):
 
         if not self.training:
             stats.update(self._error_rates(enc, text, text_lengths))
+            stats.update(self._geometry_error_rates(feats, feat_lengths, text, text_lengths))
+        stats.update(geometry_stats)
         stats["loss"] = loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return loss, stats, weight
@@ -398,14 +421,28 @@ class DualModeASRModel(AbsESPnetModel):
         stats["loss_dist"] = loss_dist.detach()
         return loss_dist, stats
 
-    def _ctc_warmup_step(self) -> bool:
-        """Counts training iterations; True while the CTC warm-up lasts."""
-        if not self.training or self.ctc_warmup_iters == 0:
-            return False
-        if int(self.train_iters) >= self.ctc_warmup_iters:
-            return False
-        self.train_iters += 1
-        return True
+    def _count_train_iter(self) -> Optional[int]:
+        """Index of this training iteration, counted in ``train_iters``; None in evaluation
+        mode or without the counter (no warm-up, no dynamic blocks)."""
+        if not self.training or "train_iters" not in self._buffers:
+            return None
+        step = int(self.train_iters)  # host: read by int()
+        if self.dynamic_blocks or step < self.ctc_warmup_iters:
+            self.train_iters += 1
+        return step
+
+    @contextlib.contextmanager
+    def _stream_geometry(self, step: Optional[int]) -> Iterator[Dict[str, torch.Tensor]]:
+        """Run the streaming encoder at training iteration ``step``'s geometry (None:
+        evaluation, the default geometry); yields the stats that report it (dynamic only)."""
+        if not self.dynamic_blocks:
+            yield {}
+            return
+        enc = self.stream_encoder
+        geometry = enc.default_geometry if step is None else enc.training_geometry(step)
+        with enc.geometry(geometry):
+            yield {"block_size": torch.tensor(float(geometry.block_size),
+                                              device=self.train_iters.device)}
 
     def _ctc_warmup_loss(self, enc: EncoderOutputs, text: torch.Tensor, text_lengths: torch.Tensor
                          ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -458,11 +495,13 @@ class DualModeASRModel(AbsESPnetModel):
         if self.rnnt_loss_type == "pruned":
             value, _ = pruned_rnnt_loss(joint, enc_out, pred_states, targets, enc_lens, text_lengths,
                                         blank=self.blank_id, s_range=self.pruned_s_range,
-                                        simple_loss_scale=self.simple_loss_scale)
+                                        simple_loss_scale=self.simple_loss_scale,
+                                        fastemit_lambda=self.fastemit_lambda)
             return value
         logits = joint(enc_out.unsqueeze(2), pred_states.unsqueeze(1))  # (B, T', U+1, V)
         return rnnt_loss(logits, targets.int(), enc_lens.int(), text_lengths.int(),
-                         blank=self.blank_id, reduction="mean", backend=self.rnnt_backend)
+                         blank=self.blank_id, reduction="mean", backend=self.rnnt_backend,
+                         fastemit_lambda=self.fastemit_lambda)
 
     def _att_loss(
         self, enc_out: torch.Tensor, enc_lens: torch.Tensor, text: torch.Tensor,
@@ -480,8 +519,22 @@ class DualModeASRModel(AbsESPnetModel):
         self, enc_out: torch.Tensor, enc_lens: torch.Tensor, text: torch.Tensor,
         text_lengths: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Eq. (8): predict uniformly sampled masked tokens from the others (Mask-CTC)."""
-        ys_in, ys_out = mask_uniform(text, self.mask_token, self.eos, self.ignore_id)
+        """Eq. (8): predict uniformly sampled masked tokens from the others (Mask-CTC).
+
+        An empty transcript (silence or noise only) has nothing to mask: its row is all
+        padding and adds nothing to the loss (ESPnet's ``mask_uniform`` cannot sample from it).
+        """
+        keep = text_lengths > 0
+        if bool(keep.all()):  # host: one flag per batch
+            ys_in, ys_out = mask_uniform(text, self.mask_token, self.eos, self.ignore_id)
+        else:
+            ys_in = text.new_full(text.shape, self.eos)
+            ys_out = text.new_full(text.shape, self.ignore_id)
+            if bool(keep.any()):  # host: one flag per batch
+                sub_in, sub_out = mask_uniform(text[keep], self.mask_token, self.eos, self.ignore_id)
+                rows = keep.nonzero().squeeze(1)
+                ys_in[rows, :sub_in.size(1)] = sub_in
+                ys_out[rows, :sub_out.size(1)] = sub_out
         logits, _ = self.mlm_decoder(enc_out, enc_lens, ys_in, text_lengths)
         value = self.criterion_mlm(logits, ys_out)
         acc = th_accuracy(logits.view(-1, self.vocab_size + 1), ys_out, ignore_label=self.ignore_id)
@@ -526,7 +579,30 @@ class DualModeASRModel(AbsESPnetModel):
         if self.stream_ctc is not None:
             hyps["stream_ctc"] = [h.tokens for h in ctc_greedy(
                 self.stream_ctc.log_softmax(enc.stream), enc.lengths, self.blank_id)]
-        n_ref = max(1, sum(len(r) for r in refs))
-        return {f"cer_{name}": torch.tensor(sum(editdistance.eval(h, r) for h, r in zip(hs, refs)) / n_ref,
-                                            device=text.device)
-                for name, hs in hyps.items()}
+        return {f"cer_{name}": _token_error_rate(hs, refs, text.device) for name, hs in hyps.items()}
+
+    @torch.no_grad()
+    def _geometry_error_rates(self, feats: torch.Tensor, feat_lengths: torch.Tensor,
+                              text: torch.Tensor, text_lengths: torch.Tensor
+                              ) -> Dict[str, torch.Tensor]:
+        """Greedy streaming error rate at every dynamic geometry, ``cer_onl_b<block>``
+        (validation with dynamic blocks only; the same keys in every batch)."""
+        if not self.dynamic_blocks or self.online_weight <= 0:
+            return {}
+        refs = [t[:n].tolist() for t, n in zip(text, text_lengths)]
+        enc, rates = self.stream_encoder, {}
+        for geometry in enc.dynamic_geometries:
+            with enc.geometry(geometry):
+                stream, lengths, _ = enc.forward_layers(feats, feat_lengths)
+            hyps = [h.tokens for h in greedy_search(self.stream_decoder, self.stream_joint,
+                                                    stream, lengths)]
+            rates[f"cer_onl_b{geometry.block_size}"] = _token_error_rate(hyps, refs, text.device)
+        return rates
+
+
+def _token_error_rate(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]],
+                      device: torch.device) -> torch.Tensor:
+    """Edit distance of all hypotheses over the reference tokens (at least 1)."""
+    n_ref = max(1, sum(len(r) for r in refs))
+    errors = sum(editdistance.eval(h, r) for h, r in zip(hyps, refs))
+    return torch.tensor(errors / n_ref, device=device)

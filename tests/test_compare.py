@@ -10,6 +10,7 @@ numbers are computed here from those error counts.
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -178,16 +179,22 @@ def make_experiment(root: Path, tag: str, debug_config: str, block, token_list: 
         yaml_no_alias_safe_dump(vars(args), f, indent=4, sort_keys=False)
     for head, per_set in errors.items():
         for dset, n_sub in per_set.items():
-            ref = root / "dump" / "raw" / dset / "text"
-            if not ref.is_file():
-                write_text(ref, REFS[dset])
-            out = exp / INFERENCE_TAG / head / dset
-            write_text(out / "text", corrupt(REFS[dset], n_sub, (drop or {}).get((head, dset), ())))
-            with open(out / "scores.json", "w", encoding="utf-8") as f, \
-                    contextlib.redirect_stdout(f):
-                score_main(["--ref_text", str(ref), "--hyp_text", str(out / "text"),
-                            "--name", dset, "--unit", "char", "--output_dir", str(out), "--json"])
+            score_hypotheses(root, exp / INFERENCE_TAG / head / dset, dset, n_sub,
+                             (drop or {}).get((head, dset), ()))
     return exp
+
+
+def score_hypotheses(root: Path, out: Path, dset: str, n_sub: int, drop: tuple = ()) -> None:
+    """``out/text`` with ``n_sub`` substitutions against ``REFS[dset]`` (``drop``: utterances
+    not decoded) and ``out/scores.json`` from the stage-13 scoring command; the reference is
+    ``root/dump/raw/<dset>/text``."""
+    ref = root / "dump" / "raw" / dset / "text"
+    if not ref.is_file():
+        write_text(ref, REFS[dset])
+    write_text(out / "text", corrupt(REFS[dset], n_sub, drop))
+    with open(out / "scores.json", "w", encoding="utf-8") as f, contextlib.redirect_stdout(f):
+        score_main(["--ref_text", str(ref), "--hyp_text", str(out / "text"),
+                    "--name", dset, "--unit", "char", "--output_dir", str(out), "--json"])
 
 
 # Substitutions per experiment, head and set (u2 of "test" is 10 characters long).
@@ -363,3 +370,126 @@ def test_help_works(capsys):
         compare_main(["--help"])
     assert err.value.code == 0
     assert "--exp_dirs" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------
+# One-model block-size sweeps, as stage 14 leaves them
+# ---------------------------------------------------------------------------------------
+# The paper's grid rule, written out: hop = look-ahead = 0.4 x block (conf/paper/blocks/).
+PAPER_GEOMETRY = {10: (4, 4), 20: (8, 8), 40: (16, 16)}
+FRAME_MS = 40.0  # an encoder frame: 4 feature frames of 10 ms
+
+
+def latency_record(block: int) -> dict:
+    """``latency.json`` as measure_latency writes it for a paper-grid block, with made-up
+    timings: RTF block / 1000, emission delay P50 10 x block ms, P90 20 x block ms."""
+    hop, look_ahead = PAPER_GEOMETRY[block]
+    return {"model": "valid.loss.ave.pth", "device": "cpu", "block_size": block,
+            "hop_size": hop, "look_ahead": look_ahead, "block_ms": block * FRAME_MS,
+            "algorithmic_latency_ms": (block + look_ahead) * FRAME_MS, "rtf": block / 1000,
+            "emission_delay_p50_ms": 10.0 * block, "emission_delay_p90_ms": 20.0 * block,
+            "utterances": 2, "failed": 0, "tokens": 30}
+
+
+def make_sweep(root: Path, tag: str, errors: dict, drop: dict = None) -> Path:
+    """``root/exp/asr_<tag>/<decode dir>/sweep`` with a stage-14 geometry folder per block of
+    ``errors`` (``{block: {head: {set: substitutions}}}``; ``drop``: ``{(block, head, set):
+    utterances not decoded}``): scores from the stage-13 command, ``latency.json`` from
+    :func:`latency_record`."""
+    sweep = root / "exp" / f"asr_{tag}" / INFERENCE_TAG / "sweep"
+    for block, per_head in errors.items():
+        hop, look_ahead = PAPER_GEOMETRY[block]
+        folder = sweep / f"block{block}_hop{hop}_lookahead{look_ahead}"
+        for head, per_set in per_head.items():
+            for dset, n_sub in per_set.items():
+                score_hypotheses(root, folder / head / dset, dset, n_sub,
+                                 (drop or {}).get((block, head, dset), ()))
+        (folder / "latency").mkdir(parents=True)
+        (folder / "latency" / "latency.json").write_text(json.dumps(latency_record(block)))
+    return sweep
+
+
+def sweep_report_main(sweep: Path, blocks, heads=("streaming", "rnnt"),
+                      test_sets=("dev", "test")) -> None:
+    recipe_main(["sweep_report", "--sweep_dir", str(sweep), "--block_sizes", *map(str, blocks),
+                 "--heads", *heads, "--test_sets", *test_sets, "--units", "char",
+                 "--title", "exp/asr_x", "--latency_set", "test"])
+
+
+def sweep_row(lead: str, block: int, errs: dict, heads=("streaming", "rnnt"),
+              failed: dict = None) -> str:
+    """The expected table row of a paper-grid block from its error counts per head and set."""
+    hop, look_ahead = PAPER_GEOMETRY[block]
+    cells = [f"{rate(errs[h][s]):.2f}" + (f" ({failed[h, s]} failed)" if (failed or {}).get((h, s))
+                                          else "")
+             for h in heads for s in ("dev", "test")]
+    return (f"|{lead}{block}|{hop}|{look_ahead}|{(block + look_ahead) * FRAME_MS:.0f}|"
+            + "|".join(cells) + f"|{block / 1000:.3f}|{10 * block}|{20 * block}|")
+
+
+# Substitutions per model, block, head and set: sp-ED improves with the block, mse-ED less.
+SWEEP_ERRORS = {
+    "sp_dyn": {10: {"streaming": {"dev": 5, "test": 6}, "rnnt": {"dev": 2, "test": 3}},
+               20: {"streaming": {"dev": 3, "test": 4}, "rnnt": {"dev": 2, "test": 2}},
+               40: {"streaming": {"dev": 2, "test": 2}, "rnnt": {"dev": 1, "test": 1}}},
+    "mse_dyn": {10: {"streaming": {"dev": 6, "test": 7}, "rnnt": {"dev": 3, "test": 3}},
+                20: {"streaming": {"dev": 5, "test": 5}, "rnnt": {"dev": 2, "test": 3}},
+                40: {"streaming": {"dev": 4, "test": 3}, "rnnt": {"dev": 2, "test": 2}}},
+}
+
+
+@pytest.fixture(scope="module")
+def sweep_exps(tmp_path_factory):
+    """Two experiments, each with a reported stage-14 sweep over blocks 10, 20 and 40."""
+    exps = {}
+    for name, errors in SWEEP_ERRORS.items():
+        root = tmp_path_factory.mktemp(name)
+        sweep_report_main(make_sweep(root, name, errors), sorted(errors))
+        exps[name] = root / "exp" / f"asr_{name}"
+    return exps
+
+
+def test_sweeps_side_by_side(sweep_exps, tmp_path, capsys):
+    """compare --sweep: a row per model and geometry with the scored error rates, and the
+    figure of error rate against algorithmic latency."""
+    import matplotlib.image
+
+    out = tmp_path / "cmp"
+    compare_main(["--sweep", "--exp_dirs", str(sweep_exps["sp_dyn"]), str(sweep_exps["mse_dyn"]),
+                  "--names", "sp-ED", "mse-ED", "--test_sets", "dev", "test",
+                  "--output_dir", str(out)])
+    text = (out / "sweeps.md").read_text(encoding="utf-8")
+    assert text in capsys.readouterr().out
+    assert ("|experiment|block|hop|look-ahead|algorithmic latency (ms)|streaming dev|"
+            "streaming test|rnnt dev|rnnt test|RTF|emission delay P50 (ms)|P90 (ms)|") in text
+    assert "(block + look-ahead) x encoder frame shift" in text
+    expected = [sweep_row(f"{label}|", block, SWEEP_ERRORS[name][block])
+                for name, label in (("sp_dyn", "sp-ED"), ("mse_dyn", "mse-ED"))
+                for block in (10, 20, 40)]
+    assert [ln for ln in text.splitlines() if re.match(r"\|(sp|mse)-ED\|", ln)] == expected
+    # A spot check written out: sp-ED at block 20 (look-ahead 8: 28 x 40 ms), streaming on
+    # test 4 errors in 15 characters.
+    assert "|sp-ED|20|8|8|1120|20.00|26.67|13.33|13.33|0.020|200|400|" in text
+    image = matplotlib.image.imread(out / "figure_sweeps.png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 400  # two panels
+
+
+def test_sweep_comparison_errors_name_the_experiment_and_file(sweep_exps, grid_exps, tmp_path):
+    def fails(*argv: str) -> str:
+        with pytest.raises(SystemExit) as err:
+            compare_main(["--sweep", *argv, "--output_dir", str(tmp_path / "cmp")])
+        return str(err.value.code)
+
+    # An experiment that was never swept.
+    message = fails("--exp_dirs", str(sweep_exps["sp_dyn"]), str(grid_exps["sp8"]),
+                    "--test_sets", "dev")
+    assert "experiment sp8:" in message and "stage 14" in message
+    # A head the sweeps did not decode.
+    message = fails("--exp_dirs", str(sweep_exps["sp_dyn"]), "--test_sets", "dev",
+                    "--offline_head", "attention")
+    assert "experiment sp_dyn:" in message and "no char score of head attention" in message
+    assert str(sweep_exps["sp_dyn"] / INFERENCE_TAG / "sweep" / "sweep.json") in message
+    # --sweep has no config-value figure.
+    with pytest.raises(SystemExit):
+        compare_main(["--sweep", "--exp_dirs", str(sweep_exps["sp_dyn"]), "--test_sets", "dev",
+                      "--output_dir", str(tmp_path / "cmp"), "--figure_x", "block_size"])

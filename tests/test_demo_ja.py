@@ -13,9 +13,10 @@ import pytest
 import soundfile
 
 from dualmode_recipe.__main__ import main as recipe_main
-from dualmode_recipe.corpora.demo_ja import (PEAK_LEVEL, SAMPLE_RATE, SPLITS, STAMP_NAME,
-                                            TEST_VOICES, TRAIN_VOICES, CorpusConfig,
-                                            PlannedUtterance, Voice, make_corpus, plan_corpus,
+from dualmode_recipe.corpora.demo_ja import (EMPTY_SECONDS, PEAK_LEVEL, SAMPLE_RATE,
+                                            SEGMENTS_NAME, SPLITS, STAMP_NAME, TEST_VOICES,
+                                            TRAIN_VOICES, CorpusConfig, PlannedUtterance,
+                                            SynthesisOptions, Voice, make_corpus, plan_corpus,
                                             synthesize, synthesize_utterance)
 from dualmode_recipe.corpora.demo_ja_text import (MINUTES, TTS_ONLY_PUNCTUATION, Sentence,
                                                  generate_sentences, kanji_number)
@@ -104,7 +105,7 @@ def test_synthesize_matches_scipy_resampling_reference() -> None:
     import scipy.signal
 
     text, voice = "東京駅で会いましょう。", Voice(1.0, 0.0)
-    out = synthesize(text, voice)
+    out, bounds = synthesize(text, voice)
     assert out.dtype == np.int16
     assert int(np.max(np.abs(out))) == round(PEAK_LEVEL * 32767)
     raw, rate = pyopenjtalk.tts(text, speed=1.0, half_tone=0.0)
@@ -114,30 +115,61 @@ def test_synthesize_matches_scipy_resampling_reference() -> None:
     assert out.shape == reference.shape
     rel_err = np.sqrt(np.mean((out - reference) ** 2) / np.mean(reference**2))
     assert rel_err < 0.05, rel_err  # the two low-pass filters differ near 8 kHz
+    # speech bounds: where the independent reference first/last exceeds 1 % of its peak
+    loud = np.flatnonzero(np.abs(reference) > 0.01 * np.max(np.abs(reference)))
+    assert abs(bounds[0] - loud[0]) <= 16 and abs(bounds[1] - (loud[-1] + 1)) <= 16, bounds
+    assert 0 < bounds[0] < bounds[1] < out.size
+
+
+def test_padding_keeps_speech_and_shifts_its_bounds() -> None:
+    text, voice = "明日の京都は雨でしょう。", Voice(1.0, 0.0)
+    clean, (start, end) = synthesize(text, voice)
+    padded, (p_start, p_end) = synthesize(text, voice, noise_seed=(0, 0, 7),
+                                          options=SynthesisOptions(pad_seconds=0.5))
+    left = p_start - start
+    assert 0 <= left <= 0.5 * SAMPLE_RATE and p_end - p_start == end - start
+    assert 0 <= padded.size - clean.size - left <= 0.5 * SAMPLE_RATE
+    assert not padded[:left].any() and not padded[left + clean.size:].any()  # digital silence
+    assert np.array_equal(padded[left:left + clean.size], clean)  # same peak: same scaling
+
+
+def test_noise_fraction_and_snr_over_the_speech() -> None:
+    text, voice = "明日の京都は雨でしょう。", Voice(1.0, 0.0)
+    clean, _ = synthesize(text, voice)
+    options = SynthesisOptions(noise_snr_db=20.0, noise_fraction=0.5, pad_seconds=0.3)
+    noisy = 0
+    for i in range(8):
+        x, (start, end) = synthesize(text, voice, noise_seed=(0, 0, i), options=options)
+        left = start - synthesize(text, voice)[1][0]
+        if x[:left].any():  # noise covers the padding too
+            noisy += 1
+            speech = x[left:left + clean.size].astype(np.float64)
+            assert abs(_project_snr_db(speech, clean.astype(np.float64)) - 20.0) < 0.5
+    assert 0 < noisy < 8
 
 
 def test_noise_snr_and_seed() -> None:
     text, voice = "明日の京都は雨でしょう。", Voice(1.15, 3.0)
-    clean = synthesize(text, voice).astype(np.float64)
-    noisy = synthesize(text, voice, noise_snr_db=10.0, noise_seed=(0, 1, 2))
+    clean = synthesize(text, voice)[0].astype(np.float64)
+    noisy = synthesize(text, voice, noise_snr_db=10.0, noise_seed=(0, 1, 2))[0]
     assert abs(_project_snr_db(noisy.astype(np.float64), clean) - 10.0) < 0.3
-    assert np.array_equal(noisy, synthesize(text, voice, 10.0, (0, 1, 2)))
-    assert not np.array_equal(noisy, synthesize(text, voice, 10.0, (0, 1, 3)))
+    assert np.array_equal(noisy, synthesize(text, voice, 10.0, (0, 1, 2))[0])
+    assert not np.array_equal(noisy, synthesize(text, voice, 10.0, (0, 1, 3))[0])
 
 
 def test_voices_change_rate_and_pitch() -> None:
     text = "誕生日は八月三日です。"
-    slow, fast = synthesize(text, Voice(0.85, 0.0)), synthesize(text, Voice(1.15, 0.0))
+    slow, fast = synthesize(text, Voice(0.85, 0.0))[0], synthesize(text, Voice(1.15, 0.0))[0]
     assert len(slow) / len(fast) > 1.15
-    low, high = synthesize(text, Voice(1.0, -3.0)), synthesize(text, Voice(1.0, 3.0))
+    low, high = synthesize(text, Voice(1.0, -3.0))[0], synthesize(text, Voice(1.0, 3.0))[0]
     assert not np.array_equal(low, high)
 
 
 def test_failed_synthesis_names_the_utterance(tmp_path: Path) -> None:
-    utt = PlannedUtterance("s100h+00_train_000000", "train", Sentence("", ""),
+    utt = PlannedUtterance("s100h+00_train_000000", "train", Sentence("", "。"),
                            Voice(1.0, 0.0), str(tmp_path / "x.wav"), (0, 0, 0))
     with pytest.raises(RuntimeError, match="s100h\\+00_train_000000.*no audio"):
-        synthesize_utterance(utt, None)
+        synthesize_utterance(utt, SynthesisOptions())
 
 
 def test_invalid_settings_rejected() -> None:
@@ -172,13 +204,17 @@ def test_plan_splits_and_voices(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------- corpus
+NOISY = ["--noise_snr_db", "20", "--noise_fraction", "0.5", "--pad_seconds", "0.4",
+         "--empty_fraction", "0.5"]
+
+
 def _generate(root: Path, seed: int = 0, nj: int = 1, noise: bool = False,
               **sizes: int) -> Path:
     sizes = sizes or TINY
     recipe_main(
         ["make_demo_ja", "--out_dir", str(root / "data"), "--wav_dir", str(root / "wav"),
          "--seed", str(seed), "--nj", str(nj)] + [f"--{k}={v}" for k, v in sizes.items()]
-        + (["--noise_snr_db", "20"] if noise else []))
+        + (NOISY if noise else []))
     return root
 
 
@@ -205,7 +241,14 @@ def test_kaldi_dirs_consistent(corpus: Path) -> None:
         data = corpus / "data" / split
         wav_scp, text = read_kaldi_map(data / "wav.scp"), read_kaldi_map(data / "text")
         utt2spk, spk2utt = read_kaldi_map(data / "utt2spk"), read_kaldi_map(data / "spk2utt")
-        assert len(text) == TINY[f"num_{split}"]
+        n_empty = 0 if split == "test" else round(0.5 * TINY[f"num_{split}"])
+        assert len(text) == TINY[f"num_{split}"] + n_empty
+        assert sum(not t for t in text.values()) == n_empty
+        segments = read_kaldi_map(data / SEGMENTS_NAME)
+        assert set(segments) == {u for u, t in text.items() if t}  # the speech utterances
+        for utt, value in segments.items():
+            start, end = map(float, value.split())
+            assert 0 < start < end < soundfile.info(wav_scp[utt]).duration
         assert set(wav_scp) == set(text) == set(utt2spk)
         assert {(u, s) for s, us in spk2utt.items() for u in us.split()} == set(
             utt2spk.items())
@@ -226,11 +269,12 @@ def test_wavs_are_16k_16bit_mono(corpus: Path) -> None:
             info = soundfile.info(path)
             assert (info.samplerate, info.channels, info.subtype) == (
                 SAMPLE_RATE, 1, "PCM_16"), path
-            assert 0.7 < info.duration < 6.0, (path, info.duration)
+            assert min(0.7, EMPTY_SECONDS[0]) < info.duration < 6.0, (path, info.duration)
 
 
 def test_corpus_splits_and_voices(corpus: Path) -> None:
-    texts = {s: set(read_kaldi_map(corpus / "data" / s / "text").values()) for s in SPLITS}
+    texts = {s: set(read_kaldi_map(corpus / "data" / s / "text").values()) - {""}
+             for s in SPLITS}  # the non-speech clips all have the empty transcript
     assert not (texts["train"] & texts["dev"] or texts["train"] & texts["test"]
                 or texts["dev"] & texts["test"])
     speakers = {s: set(read_kaldi_map(corpus / "data" / s / "utt2spk").values())

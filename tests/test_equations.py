@@ -24,7 +24,8 @@ OFFLINE = ("ctc", "rnnt", "att", "mlm")
 DISTILL_TERMS = ("loss_sp_ed", "loss_mse_ed", "loss_sp_dd")
 # Distinct, non-default values; distill weights sized so that L_dist is not negligible.
 DISTINCT = {"online_weight": 0.7, "offline_weight": 1.3, "ctc_weight": 0.21, "rnnt_weight": 0.33,
-            "att_weight": 0.47, "mlm_weight": 0.59, "stream_ctc_weight": 0.27}
+            "att_weight": 0.47, "mlm_weight": 0.59, "stream_ctc_weight": 0.27,
+            "inplace_kd_weight": 290.0}  # L_kd is small between two similar random modes
 DISTILL_WEIGHT = {"sp": 29000.0, "mse": 17.0}
 VARIANTS = {name: (path, {}) for name, path in DEBUG.items()}
 VARIANTS["joint_sp_ed+stream_ctc"] = (DEBUG["joint_sp_ed"], {"stream_ctc": "ctc"})
@@ -51,6 +52,8 @@ def active_weights(args) -> Dict[str, float]:
                 weights[f"{head}_weight"] = DISTINCT[f"{head}_weight"]
     if args.stream_ctc is not None:
         weights["stream_ctc_weight"] = DISTINCT["stream_ctc_weight"]
+    if conf.get("inplace_kd_weight", 0) > 0:  # the shared-weights model's in-place KD
+        weights["inplace_kd_weight"] = DISTINCT["inplace_kd_weight"]
     kind = conf.get("encoder_distill") or conf.get("decoder_distill")
     if kind:
         weights["distill_weight"] = DISTILL_WEIGHT[kind]
@@ -88,6 +91,7 @@ def total(stats: Dict[str, float], w: Dict[str, float]) -> float:
     value += w.get("offline_weight", 0.0) * offline_sum(stats, w)
     value += w.get("distill_weight", 0.0) * stats.get("loss_dist", 0.0)
     value += w.get("stream_ctc_weight", 0.0) * stats.get("loss_stream_ctc", 0.0)
+    value += w.get("inplace_kd_weight", 0.0) * stats.get("loss_inplace_kd", 0.0)
     return value
 
 
@@ -104,7 +108,8 @@ def test_total_loss_is_the_weighted_sum_of_the_reported_terms(variant, token_lis
     terms = {k for k in stats if k.startswith("loss_") and k not in ("loss_off", "loss_dist")}
     expected = {f"loss_{h}" for h in OFFLINE if f"{h}_weight" in w}
     expected |= {name for name, key in (("loss_onl", "online_weight"),
-                                        ("loss_stream_ctc", "stream_ctc_weight")) if key in w}
+                                        ("loss_stream_ctc", "stream_ctc_weight"),
+                                        ("loss_inplace_kd", "inplace_kd_weight")) if key in w}
     expected |= {t for t in DISTILL_TERMS if t in stats} if "distill_weight" in w else set()
     assert terms == expected
     assert ("loss_dist" in stats) == ("distill_weight" in w)
@@ -126,7 +131,7 @@ def test_total_loss_is_the_weighted_sum_of_the_reported_terms(variant, token_lis
         assert wrong({**w, key: 2 * w[key]}), key
         default = {"distill_weight": 3000.0, "online_weight": 1.0, "offline_weight": 1.0,
                    "stream_ctc_weight": 0.0, "ctc_weight": 0.15, "rnnt_weight": 0.1,
-                   "att_weight": 0.3, "mlm_weight": 0.45}[key]
+                   "att_weight": 0.3, "mlm_weight": 0.45, "inplace_kd_weight": 1.0}[key]
         assert wrong({**w, key: default}), key
     heads = [f"{h}_weight" for h in OFFLINE if f"{h}_weight" in w]
     for a, b in combinations(w, 2):

@@ -6,11 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchaudio
 
 from espnet2_dualmode.encoders.conformer_layer import subsampled_lengths
 from espnet2_dualmode.encoders.contextual_block_conformer import min_input_frames
 from espnet2_dualmode.inference.cli import min_samples
 from espnet2_dualmode.inference.decode_list import DecodeList
+from espnet2_dualmode.losses import pruned_rnnt_loss
 from espnet2_dualmode.tasks.dualmode_asr import CheckedCollateFn, DualModeASRTask, min_speech_samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,7 @@ EXPECTED_STATS = {
 EXPECTED_STATS["joint_sp_dd"] = EXPECTED_STATS["joint"] | {"loss_dist", "loss_sp_dd"}
 EXPECTED_STATS["joint_sp_ed"] = EXPECTED_STATS["joint"] | {"loss_dist", "loss_sp_ed"}
 EXPECTED_STATS["joint_mse_ed"] = EXPECTED_STATS["joint"] | {"loss_dist", "loss_mse_ed"}
+EXPECTED_STATS["dualmode_shared"] = {"loss", "loss_onl", "loss_off", "loss_rnnt", "loss_inplace_kd"}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,9 @@ def test_every_yaml_builds(config, token_list, stats_file):
     assert (model.full_encoder is None) == (name == "st1_context_t")
     if config.parent.name == "paper" and model.stream_encoder is not None:
         enc = model.stream_encoder
-        assert (enc.block_size, enc.hop_size, enc.look_ahead, len(enc.encoders)) == (40, 16, 16, 12)
+        geometry = (1, 1, 0) if name == "dualmode_shared" else (40, 16, 16)  # chunk of 1 frame
+        layers = model.encoder.encoders if name == "dualmode_shared" else enc.encoders
+        assert (enc.block_size, enc.hop_size, enc.look_ahead, len(layers)) == (*geometry, 12)
         assert model.stream_joint.lin_enc.out_features == 320
         assert model.stream_decoder.dunits == 256
 
@@ -313,3 +318,75 @@ def test_minimum_input_length_is_the_shortest_that_gives_one_encoder_frame(
     scp.write_text("utt x\n")
     assert min_samples(args, DecodeList(str(scp), "sound")) == n
     assert min_samples(args, DecodeList(str(scp), "kaldi_ark")) == frames
+
+
+# ------------------------------------------------- empty transcripts (silence/noise clips)
+def empty_row_batch():
+    speech, lengths, text, text_lengths = batch()
+    text[1] = -1  # utterance 1: silence or noise, nothing to recognise
+    return speech, lengths, text, torch.tensor([5, 0, 2])
+
+
+@pytest.mark.parametrize("rnnt_loss_type", ["full", "pruned"])
+def test_an_empty_transcript_trains_every_head(token_list, rnnt_loss_type):
+    """An empty transcript is a valid target: every loss finite, gradients finite, and the
+    RNN-T loss of its row is -sum_t log P(blank | t, u=0), computed here from the joint."""
+    model = build(DEBUG["joint_sp_ed"], token_list, rnnt_loss_type=rnnt_loss_type,
+                  pruned_s_range=3)
+    speech, lengths, text, text_lengths = empty_row_batch()
+    np.random.seed(0)
+    loss, stats, _ = model(speech, lengths, text, text_lengths)
+    assert all(torch.isfinite(v).all() for v in stats.values()), stats
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+    model.eval()
+    with torch.no_grad():
+        enc = model.encode_features(*model.features(speech, lengths))
+        pred = model._prediction_states(model.stream_decoder, text, text_lengths)
+        batch_loss = model._rnnt_loss(model.stream_joint, enc.stream, enc.lengths, pred, text,
+                                      text_lengths)
+        t1 = int(enc.lengths[1])
+        logits = model.stream_joint(enc.stream[1, :t1], pred[1, :1].expand(t1, -1))
+        empty_nll = -logits.log_softmax(-1)[:, model.blank_id].sum()
+        others = []  # the other rows alone, with torchaudio's loss
+        for i in (0, 2):
+            t, u = int(enc.lengths[i]), int(text_lengths[i])
+            row = model.stream_joint(enc.stream[i, :t].unsqueeze(1), pred[i, :u + 1].unsqueeze(0))
+            others.append(torchaudio.functional.rnnt_loss(
+                row.unsqueeze(0), text[i:i + 1, :u].int(), torch.tensor([t], dtype=torch.int32),
+                torch.tensor([u], dtype=torch.int32), blank=model.blank_id, reduction="sum"))
+    expected = (empty_nll + sum(others)) / 3
+    if rnnt_loss_type == "pruned":  # without the simple term and unpruned: the same NLL
+        batch_loss, _ = pruned_rnnt_loss(model.stream_joint, enc.stream, pred,
+                                         model._blank_padded(text, text_lengths), enc.lengths,
+                                         text_lengths, blank=model.blank_id,
+                                         s_range=text.size(1) + 1, simple_loss_scale=0.0)
+    torch.testing.assert_close(batch_loss, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_mask_ctc_loss_ignores_empty_transcripts(token_list):
+    """The MLM loss over a batch with an empty row equals the loss over the other rows
+    (same masks), rescaled by the batch size it is averaged over."""
+    model = build(DEBUG["joint_sp_ed"], token_list).eval()
+    speech, lengths, text, text_lengths = empty_row_batch()
+    keep = torch.tensor([0, 2])
+    with torch.no_grad():
+        enc = model.encode_features(*model.features(speech, lengths))
+        np.random.seed(3)
+        full, _ = model._mlm_loss(enc.full, enc.lengths, text, text_lengths)
+        np.random.seed(3)
+        sub, _ = model._mlm_loss(enc.full[keep], enc.lengths[keep], text[keep][:, :5],
+                                 text_lengths[keep])
+    torch.testing.assert_close(full, sub * 2 / 3, rtol=1e-5, atol=1e-6)
+
+
+def test_collate_keeps_empty_transcripts_when_asked():
+    collate = CheckedCollateFn(vocab_size=11, feat_dim=None, min_speech_samples=960,
+                               keep_empty_text=True)
+    ids, out = collate([
+        ("utt_good", {"speech": np.zeros(4000, np.float32), "text": np.array([2, 3])}),
+        ("utt_empty", {"speech": np.zeros(4000, np.float32), "text": np.array([], dtype=np.int64)}),
+    ])
+    assert ids == ["utt_good", "utt_empty"] and out["text_lengths"].tolist() == [2, 0]
+    assert not collate.skipped

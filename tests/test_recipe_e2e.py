@@ -19,7 +19,7 @@ import yaml
 from dualmode_recipe.config import load_mapping, merge_config
 from recipe_sandbox import REPO, make_recipe, read_map, run_recipe
 
-HEADS = ("streaming", "rnnt", "ctc", "attention", "maskctc")
+HEADS = ("streaming", "rnnt", "ctc", "attention", "maskctc", "joint")
 COMMON = ["--corpus_size", "tiny", "--nj", "1",
           "--asr_config", str(REPO / "conf" / "debug" / "joint_sp_ed.yaml"),
           "--decode_heads", " ".join(HEADS), "--latency_max_utts", "2"]
@@ -77,6 +77,23 @@ def test_stages_1_to_13_write_results(demo) -> None:
                 "asr_e2e/logs/stage13.log"):
         assert (recipe / "exp" / log).is_file(), log
     assert (exp / "run.sh").is_file()
+    # the non-speech set (10 s of silence and of noise) went through every head; the tiny
+    # model is too small to learn silence, so the demo's run.sh only reports it here
+    table = re.search(r"^\|head\|noise_10s\|silence_10s\|\n\|---\|---\|---\|\n((?:\|.*\n?)+)",
+                      results, flags=re.M)
+    assert table and [r.split("|")[1] for r in table.group(1).splitlines()] == list(HEADS)
+    for head in HEADS:
+        hyp = read_map(decode / head / "non_speech" / "text")
+        assert set(hyp) == {"noise_10s", "silence_10s"}
+        assert f"|{head}|{hyp['noise_10s'] or 'empty'}|{hyp['silence_10s'] or 'empty'}|" in results
+    # latency against the corpus's own synthesis timing
+    assert "Latency@50" in results and latency["latency_at50_ms"] == latency["latency_at50_ms"]
+    # the joint head's weights were tuned on dev, and the joint decoding used them
+    tuned = yaml.safe_load((decode / "joint_tuning" / "joint_decode.yaml").read_text())
+    assert tuned["joint_nbest_head"] == "rnnt+attention" and tuned["joint_weights"]
+    assert "dev error rate" in (decode / "joint_tuning" / "tuning.md").read_text()
+    joint_log = (decode / "joint" / "test" / "logdir" / "decode.1.log").read_text()
+    assert "joint_tuning/joint_decode.yaml" in joint_log
 
 
 def test_finished_decoding_is_skipped_and_a_head_config_redecodes_that_head(
@@ -214,3 +231,50 @@ def test_comparison_of_two_recipe_runs(demo, tmp_path: Path) -> None:
             assert float(row.group(1)) == pytest.approx(scored, abs=0.006), (mode, name)
     image = matplotlib.image.imread(out / "figure_block_size.png")
     assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_block_size_sweep_of_the_trained_model(demo) -> None:
+    """Stage 14 (Figure 2 from one model) on the trained tiny model at two geometries: the
+    decoders ran at each, the table's cells are the per-geometry scores.json (which agree
+    with an independent CER) and latency.json, the PNG is written, and a re-run skips every
+    decoding, latency and scoring."""
+    import matplotlib.image
+
+    recipe, _ = demo
+    decode = recipe / "exp" / "asr_e2e" / "decode_asr_asr_model_valid.loss.ave"
+    sweep_args = E2E + ["--stage", "14", "--sweep_block_sizes", "12 4",
+                        "--sweep_heads", "streaming rnnt"]
+    result = run_recipe(recipe, sweep_args)
+    assert result.returncode == 0, result.stdout[-6000:]
+    table = (decode / "sweep" / "sweep.md").read_text()
+    assert table in result.stdout
+    rows = re.findall(r"^\|(\d+)\|(\d+)\|(\d+)\|([^|]+)\|([^|]+)\|([^|]+)\|([0-9.]+)\|", table,
+                      flags=re.M)
+    # hop = look-ahead = round(0.4 x block): 4 -> 2, 12 -> 5 (4.8); rows by block size.
+    assert [r[:3] for r in rows] == [("4", "2", "2"), ("12", "5", "5")]
+    ref = read_map(recipe / "dump" / "raw" / "test" / "text")
+    for block, hop, look_ahead, algorithmic, streaming, rnnt, rtf in rows:
+        geometry = f"--block_size {block} --hop_size {hop} --look_ahead {look_ahead}"
+        folder = decode / "sweep" / f"block{block}_hop{hop}_lookahead{look_ahead}"
+        latency = json.loads((folder / "latency" / "latency.json").read_text())
+        assert (latency["block_size"], latency["hop_size"], latency["look_ahead"]) == (
+            int(block), int(hop), int(look_ahead))
+        # 10 ms feature shift, 4x subsampling: 40 ms per block / look-ahead frame.
+        assert float(algorithmic) == pytest.approx((int(block) + int(look_ahead)) * 40.0)
+        assert float(rtf) == pytest.approx(latency["rtf"], abs=0.0006)
+        for head, cell in (("streaming", streaming), ("rnnt", rnnt)):
+            assert geometry in (folder / head / "test" / "logdir" / "decode.1.log").read_text()
+            hyp = read_map(folder / head / "test" / "text")
+            failed = read_map(folder / head / "test" / "failed")
+            assert set(hyp) | set(failed) == set(ref), head
+            scored = json.loads((folder / head / "test" / "scores.json").read_text())["err_rate"]
+            assert float(cell.split()[0]) == pytest.approx(scored, abs=0.006), (block, head)
+            # sclite's weighted alignment never counts fewer errors than Levenshtein
+            assert scored >= cer(ref, {u: h for u, h in hyp.items() if u not in failed}) - 1e-9
+    image = matplotlib.image.imread(decode / "sweep" / "sweep.png")
+    assert image.shape[0] > 100 and image.shape[1] > 100
+
+    again = run_recipe(recipe, sweep_args)
+    assert again.returncode == 0, again.stdout[-3000:]
+    # per geometry: two heads, the latency and the scoring
+    assert again.stdout.count("skipped: already done with the same arguments") == 8

@@ -222,6 +222,11 @@ def test_filter_counts_every_removal(tmp_path: Path, caplog) -> None:
     assert "kept 2 of 6 utterances" in caplog.text
     with pytest.raises(ValueError, match="all 6 utterances removed"):
         filter_dump_dir(src, tmp_path / "none", RATE, 30.0, 40.0)
+    # a corpus of silence/noise clips keeps its empty transcripts
+    out, removed = filter_dump_dir(src, tmp_path / "with_empty", RATE, 0.1, 20.0,
+                                   keep_empty_text=True)
+    assert sorted(read_kaldi_map(out / "wav.scp")) == ["blank", "empty", "ok1", "ok2"]
+    assert dict(removed) == {"shorter than 0.1 s": 1, "longer than 20.0 s": 1}
 
 
 # ------------------------------------------------------------------ jobs
@@ -341,6 +346,15 @@ def test_results_table(tmp_path: Path) -> None:
                           "exp/asr_x", latency_set="eval1")
     assert ("Latency (streaming on eval1): RTF 0.123, algorithmic latency 1280 ms, "
             "emission delay P50 310 ms / P90 656 ms") in md
+    assert "Latency@50" not in md  # no speech-segments reference in this file
+    (tmp_path / "latency" / "latency.json").write_text(json.dumps(
+        {"rtf": 0.1234, "algorithmic_latency_ms": 1280.0, "emission_delay_p50_ms": 310.4,
+         "emission_delay_p90_ms": 655.6, "latency_at50_ms": -12.4, "latency_at90_ms": 250.6,
+         "first_token_delay_p50_ms": 420.0, "first_token_delay_p90_ms": 610.2}))
+    md = results_markdown(tmp_path, ["streaming", "ctc"], ["eval1", "eval2"], ["char"],
+                          "exp/asr_x", latency_set="eval1")
+    assert ("Latency@50 -12 ms / @90 251 ms (last token after the end of speech), "
+            "first-token delay P50 420 ms / P90 610 ms") in md
     with pytest.raises(ValueError, match="no word score"):
         results_markdown(tmp_path, ["ctc"], ["eval1"], ["word"], "t")
     (tmp_path / "latency" / "latency.json").write_text(json.dumps({"rtf": 0.1}))

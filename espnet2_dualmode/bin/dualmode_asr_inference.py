@@ -16,7 +16,7 @@ import json
 import sys
 from typing import List, Optional
 
-from espnet2_dualmode.inference.cli import common_parser, decode_list, device_of, parse
+from espnet2_dualmode.inference.cli import common_parser, decode_list, device_of, geometry_of, parse
 from espnet2_dualmode.inference.offline import HEADS, Speech2Text
 
 
@@ -26,7 +26,8 @@ def get_parser():
     p.add_argument("--ctc_weight", type=float, default=0.3, help="CTC weight of attention search")
     p.add_argument("--maskctc_n_iterations", type=int, default=10)
     p.add_argument("--maskctc_threshold_probability", type=float, default=0.99)
-    p.add_argument("--joint_nbest_head", default="rnnt", choices=["rnnt", "ctc", "attention"])
+    p.add_argument("--joint_nbest_head", default="rnnt",
+                   help="head(s) whose n-best joint rescores: rnnt, ctc, attention, joined by +")
     p.add_argument("--joint_weights", type=json.loads, default=None,
                    help='JSON weights of the joint rescoring, e.g. {"rnnt": 1, "ctc": 0.3, '
                         '"attention": 0.3, "mlm": 0}')
@@ -41,7 +42,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
         ctc_weight=args.ctc_weight, maskctc_n_iterations=args.maskctc_n_iterations,
         maskctc_threshold_probability=args.maskctc_threshold_probability,
         joint_nbest_head=args.joint_nbest_head, joint_weights=args.joint_weights,
-        device=device_of(args))
+        device=device_of(args), **geometry_of(args))
     decode_list(args, s2t, s2t.train_args, s2t.sample_rate)
 
 

@@ -18,7 +18,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from espnet2_dualmode.inference.cli import common_parser, decode_list, device_of, parse
+from espnet2_dualmode.inference.cli import common_parser, decode_list, device_of, geometry_of, parse
 from espnet2_dualmode.inference.model_io import Result
 from espnet2_dualmode.inference.streaming import Speech2TextStreaming
 
@@ -49,7 +49,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
         raise SystemExit("streaming simulation decodes one stream at a time: --batch_size 1")
     s2t = Speech2TextStreaming(args.asr_train_config, args.asr_model_file,
                                beam_size=args.beam_size, nbest=args.nbest,
-                               max_sym_per_frame=args.max_sym_per_frame, device=device_of(args))
+                               max_sym_per_frame=args.max_sym_per_frame, device=device_of(args),
+                               **geometry_of(args))
     decode_list(args, lambda batch: [recognize(s2t, batch[0], args.sim_chunk_length)],
                 s2t.train_args, s2t.sample_rate)
 

@@ -13,14 +13,27 @@ see padding too. This encoder masks every padded frame, so an utterance is encod
 same alone or in a batch, and :meth:`forward_incremental` (state carried between calls)
 reproduces :meth:`forward` for any chunking of the input.
 
+Block geometry chosen per batch and at decoding time (not in the paper): the configured
+``block_size/hop_size/look_ahead`` is the default geometry; :meth:`geometry` (a context
+manager) and :meth:`select_geometry` (persistent, for a decoder) run every geometry-dependent
+method at another one. With ``dynamic_block_sizes`` the model trains on a geometry drawn per
+training batch (:meth:`training_geometry`): hop = round(``dynamic_hop_ratio`` x block),
+look-ahead = round(``dynamic_look_ahead_ratio`` x block), from a ``random.Random`` seeded with
+(seed, training iteration), so every DDP rank draws the same and a resumed run continues the
+sequence. The seed is ``torch.initial_seed()`` when the encoder is built: ESPnet's
+``main_worker`` calls ``set_all_random_seed(--seed)`` just before ``build_model``.
+
 Shapes: B batch, T input frames, T' subsampled frames, F feature dim, D model dim.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import random
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from espnet.nets.pytorch_backend.transformer.subsampling_without_posenc import (
@@ -36,6 +49,41 @@ from espnet2_dualmode.encoders.conformer_layer import (
 )
 
 SUBSAMPLING = 4
+
+logger = logging.getLogger(__name__)
+
+
+class BlockGeometry(NamedTuple):
+    """Block, hop and look-ahead, in subsampled frames."""
+
+    block_size: int
+    hop_size: int
+    look_ahead: int
+
+    @property
+    def past(self) -> int:
+        """Frames of a block before the ones it emits (its left context)."""
+        return self.block_size - self.hop_size - self.look_ahead
+
+    def __str__(self) -> str:
+        return f"block {self.block_size} / hop {self.hop_size} / look-ahead {self.look_ahead}"
+
+
+def check_geometry(geometry: BlockGeometry) -> BlockGeometry:
+    """``geometry`` if it is valid; a ValueError naming the rule otherwise."""
+    block, hop, look_ahead = geometry
+    if min(block, hop) < 1 or look_ahead < 0 or block < hop + look_ahead:
+        raise ValueError(
+            f"block geometry needs block_size >= hop_size + look_ahead, hop_size >= 1 and "
+            f"look_ahead >= 0; got block_size={block}, hop_size={hop}, look_ahead={look_ahead}"
+        )
+    return geometry
+
+
+def ratio_geometry(block_size: int, hop_ratio: float, look_ahead_ratio: float) -> BlockGeometry:
+    """The geometry of ``block_size`` with hop and look-ahead as rounded (half up) ratios."""
+    return check_geometry(BlockGeometry(block_size, int(math.floor(hop_ratio * block_size + 0.5)),
+                                        int(math.floor(look_ahead_ratio * block_size + 0.5))))
 
 
 def min_input_frames() -> int:
@@ -71,6 +119,7 @@ class BlockStreamState:
     ctx: Optional[torch.Tensor] = None
     n_emitted: int = 0
     finished: bool = field(default=False)
+    geometry: Optional[BlockGeometry] = None  # the encoder's geometry when it was created
 
 
 class ContextualBlockConformerEncoder(LayerOutputsEncoder):
@@ -83,7 +132,11 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
         dropout_rate, positional_dropout_rate, attention_dropout_rate: dropouts.
         cnn_module_kernel: depthwise convolution kernel.
         block_size, hop_size, look_ahead: block geometry in subsampled frames
-            (paper: 40, 16, 16).
+            (paper: 40, 16, 16); with dynamic blocks, the default geometry (validation
+            loss, decoding without a geometry), which must be one of the dynamic set.
+        dynamic_block_sizes: block sizes drawn per training batch (None: fixed geometry).
+        dynamic_hop_ratio, dynamic_look_ahead_ratio: hop and look-ahead of each dynamic
+            block size as a fraction of it (rounded half up).
     """
 
     def __init__(
@@ -100,20 +153,19 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
         block_size: int = 40,
         hop_size: int = 16,
         look_ahead: int = 16,
+        dynamic_block_sizes: Optional[Sequence[int]] = None,
+        dynamic_hop_ratio: float = 0.4,
+        dynamic_look_ahead_ratio: float = 0.4,
     ):
         super().__init__()
-        if min(block_size, hop_size) < 1 or look_ahead < 0 or block_size < hop_size + look_ahead:
-            raise ValueError(
-                f"block geometry needs block_size >= hop_size + look_ahead, hop_size >= 1 and "
-                f"look_ahead >= 0; got block_size={block_size}, hop_size={hop_size}, "
-                f"look_ahead={look_ahead}"
-            )
+        self.default_geometry = check_geometry(BlockGeometry(block_size, hop_size, look_ahead))
+        self.dynamic_hop_ratio = dynamic_hop_ratio
+        self.dynamic_look_ahead_ratio = dynamic_look_ahead_ratio
+        self.dynamic_geometries = self._dynamic_geometries(dynamic_block_sizes)
+        self.dynamic_seed = torch.initial_seed()  # ESPnet's --seed: see the module docstring
+        self._geometry = self.default_geometry
         self.input_size = input_size
         self._output_size = output_size
-        self.block_size = block_size
-        self.hop_size = hop_size
-        self.look_ahead = look_ahead
-        self.past = block_size - hop_size - look_ahead
         self.embed = Conv2dSubsamplingWOPosEnc(input_size, output_size, dropout_rate, [3, 3], [2, 2])
         self.pos_dropout = nn.Dropout(positional_dropout_rate)
         self.encoders = nn.ModuleList(
@@ -124,6 +176,116 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
 
     def output_size(self) -> int:
         return self._output_size
+
+    # ----- choosing the geometry --------------------------------------------------------
+    def _dynamic_geometries(self, sizes: Optional[Sequence[int]]) -> List[BlockGeometry]:
+        """The dynamic set as geometries (empty for a fixed geometry), validated."""
+        if sizes is None:
+            return []
+        sizes = list(sizes)
+        if not sizes or any(not isinstance(n, int) or isinstance(n, bool) for n in sizes):
+            raise ValueError(f"dynamic_block_sizes must be a non-empty list of integers, not {sizes}")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"dynamic_block_sizes has repeated sizes: {sizes}")
+        for name, ratio in (("dynamic_hop_ratio", self.dynamic_hop_ratio),
+                            ("dynamic_look_ahead_ratio", self.dynamic_look_ahead_ratio)):
+            if not 0 <= ratio < 1:
+                raise ValueError(f"{name} must be in [0, 1), not {ratio}")
+        geometries = []
+        for n in sizes:
+            try:
+                geometries.append(ratio_geometry(n, self.dynamic_hop_ratio,
+                                                 self.dynamic_look_ahead_ratio))
+            except ValueError as e:
+                raise ValueError(f"dynamic_block_sizes: block size {n} with dynamic_hop_ratio "
+                                 f"{self.dynamic_hop_ratio} and dynamic_look_ahead_ratio "
+                                 f"{self.dynamic_look_ahead_ratio}: {e}") from e
+        if self.default_geometry not in geometries:
+            raise ValueError(f"with dynamic_block_sizes, block_size/hop_size/look_ahead "
+                             f"({self.default_geometry}) must be one of the dynamic geometries "
+                             f"{[tuple(g) for g in geometries]}: it is the validation and "
+                             f"default decoding geometry")
+        return geometries
+
+    @property
+    def trained_geometries(self) -> List[BlockGeometry]:
+        """The geometries the encoder is trained at: the dynamic set, or the fixed one."""
+        return self.dynamic_geometries or [self.default_geometry]
+
+    @property
+    def current_geometry(self) -> BlockGeometry:
+        """The geometry every geometry-dependent method uses now."""
+        return self._geometry
+
+    def training_geometry(self, step: int) -> BlockGeometry:
+        """The geometry of training iteration ``step``: a function of (seed, step) only."""
+        if not self.dynamic_geometries:
+            return self.default_geometry
+        rng = random.Random(f"{self.dynamic_seed}:{step}")
+        return self.dynamic_geometries[rng.randrange(len(self.dynamic_geometries))]
+
+    def resolve_geometry(self, block_size: Optional[int] = None, hop_size: Optional[int] = None,
+                         look_ahead: Optional[int] = None) -> BlockGeometry:
+        """A geometry from decoding options.
+
+        Nothing given: the default (training) geometry. All three: that geometry. Only
+        ``block_size``: hop and look-ahead from the dynamic ratios (dynamic models only).
+        """
+        given = (block_size, hop_size, look_ahead)
+        if all(v is None for v in given):
+            return self.default_geometry
+        if None not in given:
+            return check_geometry(BlockGeometry(*given))
+        if hop_size is None and look_ahead is None:
+            if not self.dynamic_geometries:
+                raise ValueError(
+                    f"block_size={block_size} alone needs a model trained with dynamic blocks "
+                    f"(to derive hop and look-ahead); this one was trained at "
+                    f"{self.default_geometry}: give block_size, hop_size and look_ahead")
+            return ratio_geometry(block_size, self.dynamic_hop_ratio, self.dynamic_look_ahead_ratio)
+        raise ValueError(f"give block_size alone or block_size, hop_size and look_ahead "
+                         f"together; got block_size={block_size}, hop_size={hop_size}, "
+                         f"look_ahead={look_ahead}")
+
+    def select_geometry(self, block_size: Optional[int] = None, hop_size: Optional[int] = None,
+                        look_ahead: Optional[int] = None) -> BlockGeometry:
+        """Use the geometry of :meth:`resolve_geometry` from now on (decoding); a warning
+        when the encoder was not trained at it."""
+        geometry = self.resolve_geometry(block_size, hop_size, look_ahead)
+        if geometry not in self.trained_geometries:
+            if self.dynamic_geometries:
+                logger.warning(f"decoding at {geometry}, outside the dynamic geometries the model "
+                               f"was trained at ({[tuple(g) for g in self.dynamic_geometries]})")
+            else:
+                logger.warning(f"decoding at {geometry}, but the model was trained with a fixed "
+                               f"{self.default_geometry}: expect a higher error rate")
+        self._geometry = geometry
+        return geometry
+
+    @contextlib.contextmanager
+    def geometry(self, geometry: BlockGeometry) -> Iterator[BlockGeometry]:
+        """Run the encoder at ``geometry`` inside the ``with`` block (no warning)."""
+        previous, self._geometry = self._geometry, check_geometry(BlockGeometry(*geometry))
+        try:
+            yield self._geometry
+        finally:
+            self._geometry = previous
+
+    @property
+    def block_size(self) -> int:
+        return self._geometry.block_size
+
+    @property
+    def hop_size(self) -> int:
+        return self._geometry.hop_size
+
+    @property
+    def look_ahead(self) -> int:
+        return self._geometry.look_ahead
+
+    @property
+    def past(self) -> int:
+        return self._geometry.past
 
     # ----- block geometry -------------------------------------------------------------
     def block_of(self, t: torch.Tensor) -> torch.Tensor:
@@ -207,10 +369,12 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
     # ----- incremental (streaming) path --------------------------------------------------
     def init_state(self, batch_size: int = 1,
                    device: Optional[torch.device] = None) -> BlockStreamState:
-        """A fresh streaming state for ``batch_size`` streams advancing in lockstep."""
+        """A fresh streaming state for ``batch_size`` streams advancing in lockstep, at the
+        current geometry."""
         return BlockStreamState(
             feats=torch.zeros(batch_size, 0, self.input_size, device=device),
             frames=torch.zeros(batch_size, 0, self._output_size, device=device),
+            geometry=self._geometry,
         )
 
     def forward_incremental(
@@ -231,6 +395,9 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
         if state.finished:
             raise RuntimeError("forward_incremental called after is_final=True; "
                                "start a new stream with init_state()")
+        if state.geometry != self._geometry:
+            raise RuntimeError(f"a stream state created at {state.geometry} cannot continue at "
+                               f"{self._geometry}; start a new stream with init_state()")
         buf = torch.cat([state.feats, feats], dim=1)
         n_new = int(subsampled_lengths(torch.tensor(buf.size(1))))  # host: read by int()
         missing = state.next_block * self.hop_size + self.block_size - state.n_frames

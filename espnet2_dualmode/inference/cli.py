@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ def common_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True, type=Path)
     p.add_argument("--config", default=None, help="YAML whose keys set these options (decode config)")
     add_device_argument(p)
+    add_geometry_arguments(p)
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--beam_size", type=int, default=10)
     p.add_argument("--nbest", type=int, default=1)
@@ -60,6 +61,20 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """``--ngpu`` as in ESPnet's inference CLIs: 0 decodes on the CPU, 1 on a CUDA device."""
     parser.add_argument("--ngpu", type=int, default=0,
                         help="0: CPU, 1: the current CUDA device (set CUDA_VISIBLE_DEVICES)")
+
+
+def add_geometry_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--block_size/--hop_size/--look_ahead``: the streaming encoder's geometry at decoding."""
+    parser.add_argument("--block_size", type=int, default=None,
+                        help="streaming block in encoder frames (default: the training geometry; "
+                             "alone: hop and look-ahead from a dynamic-block model's ratios)")
+    parser.add_argument("--hop_size", type=int, default=None, help="with --block_size and --look_ahead")
+    parser.add_argument("--look_ahead", type=int, default=None, help="with --block_size and --hop_size")
+
+
+def geometry_of(args: argparse.Namespace) -> Dict[str, Optional[int]]:
+    """The geometry options as keyword arguments of Speech2Text / Speech2TextStreaming."""
+    return {"block_size": args.block_size, "hop_size": args.hop_size, "look_ahead": args.look_ahead}
 
 
 def device_of(args: argparse.Namespace) -> str:

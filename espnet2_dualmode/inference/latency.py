@@ -8,14 +8,27 @@ emitted on it, is emitted at ``f_i``.
 
 Per-token emission delay = emission time - the token's end time in a reference alignment:
 CTC forced alignment (torchaudio) of the recognised tokens with the model's full-context
-CTC head; a token ends at the end of the last encoder frame of its span.
+CTC head; a token ends at the end of the last encoder frame of its span. That reference
+depends on the model being measured.
+
+Utterance-level latency (:class:`SpeechSegmentLatency`) takes its reference from a file
+that does not: ``<utt_id> <speech_start_s> <speech_end_s>`` per line
+(:func:`read_speech_segments`; the demo corpus writes it from its own synthesis timing).
+Per utterance, the last-token delay is the emission time of the last token of the final
+hypothesis minus the end of speech: the Dual-mode ASR paper's latency (Yu et al., ICLR
+2021, Sec. 4.1), negative when the model emits before the speaker has finished; its 50th
+and 90th percentiles over utterances are Latency@50 and Latency@90. The first-token
+delay is the emission time of the first token minus the start of speech.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import time
 from dataclasses import dataclass, field
-from typing import List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -109,3 +122,95 @@ def reference_end_times(s2t: Speech2TextStreaming, wav: np.ndarray, token_ids: L
     if len(ends) != len(token_ids):
         raise ValueError(f"forced alignment gave {len(ends)} spans for {len(token_ids)} tokens")
     return ends
+
+
+def read_speech_segments(path: str | os.PathLike) -> Dict[str, Tuple[float, float]]:
+    """``{utt_id: (speech_start_s, speech_end_s)}`` from a ``<utt_id> <start> <end>`` file.
+
+    Blank lines are ignored.
+
+    Raises:
+        ValueError: naming the file and line, for a line without exactly three fields,
+            times that are not finite numbers, a negative start, an end before the
+            start, or an utterance id given twice.
+    """
+    segments: Dict[str, Tuple[float, float]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"{path}:{lineno}"
+            if len(fields) != 3:
+                raise ValueError(f"{where}: expected '<utt_id> <speech_start_s> <speech_end_s>', "
+                                 f"got {len(fields)} fields")
+            key = fields[0]
+            try:
+                start, end = float(fields[1]), float(fields[2])
+            except ValueError:
+                raise ValueError(f"{where}: times must be numbers, got {fields[1:]}") from None
+            if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < start:
+                raise ValueError(f"{where}: need 0 <= speech_start_s <= speech_end_s, "
+                                 f"got {start} {end}")
+            if key in segments:
+                raise ValueError(f"{where}: utterance {key} appears twice")
+            segments[key] = (start, end)
+    return segments
+
+
+def percentile_ms(values_s: List[float], q: float) -> float:
+    """The ``q``-th percentile of ``values_s`` (seconds) in ms; NaN for no values."""
+    return 1000.0 * float(np.percentile(values_s, q)) if values_s else float("nan")
+
+
+class SpeechSegmentLatency:
+    """Utterance-level latency against reference speech segments (module doc).
+
+    Utterances without a segment line, or whose final hypothesis is empty, are logged
+    and counted, and left out of the figures.
+
+    Args:
+        segments: ``{utt_id: (speech_start_s, speech_end_s)}`` (:func:`read_speech_segments`).
+        source: where the segments come from, for messages and the results.
+    """
+
+    def __init__(self, segments: Dict[str, Tuple[float, float]], source: str) -> None:
+        self.segments, self.source = segments, source
+        self.first_delays: List[float] = []
+        self.last_delays: List[float] = []
+        self.no_segment = self.empty = 0
+
+    def add(self, key: str, timing: UtteranceTiming) -> None:
+        """Record one utterance's first/last-token delays (seconds).
+
+        Raises:
+            ValueError: the segment ends after the audio (the file does not describe it).
+        """
+        if key not in self.segments:
+            self.no_segment += 1
+            logging.warning(f"utterance {key}: no line in {self.source}; "
+                            "left out of Latency@50/@90")
+            return
+        start, end = self.segments[key]
+        if end > timing.duration + 1e-3:
+            raise ValueError(f"{self.source}: speech of {key} ends at {end} s, after the end "
+                             f"of its audio ({timing.duration:.3f} s)")
+        if not timing.emission_times:
+            self.empty += 1
+            logging.warning(f"utterance {key}: empty hypothesis; left out of Latency@50/@90")
+            return
+        self.first_delays.append(timing.emission_times[0] - start)
+        self.last_delays.append(timing.emission_times[-1] - end)
+
+    def summary(self) -> Dict[str, float | int | str]:
+        """Latency@50/@90 (last-token delay), first-token delay P50/P90 (ms) and counts."""
+        return {
+            "latency_at50_ms": percentile_ms(self.last_delays, 50),
+            "latency_at90_ms": percentile_ms(self.last_delays, 90),
+            "first_token_delay_p50_ms": percentile_ms(self.first_delays, 50),
+            "first_token_delay_p90_ms": percentile_ms(self.first_delays, 90),
+            "latency_utterances": len(self.last_delays),
+            "latency_no_segment": self.no_segment,
+            "latency_empty_hypothesis": self.empty,
+            "latency_reference": self.source,
+        }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -30,11 +31,16 @@ class Result:
 
 
 def load_model(asr_train_config: str | Path, asr_model_file: Optional[str | Path],
-               device: str = "cpu") -> Tuple[DualModeASRModel, argparse.Namespace]:
+               device: str = "cpu", block_size: Optional[int] = None,
+               hop_size: Optional[int] = None, look_ahead: Optional[int] = None,
+               ) -> Tuple[DualModeASRModel, argparse.Namespace]:
     """Build the model from its training config.yaml and load its weights strictly.
 
     ESPnet's ``build_model_from_file`` loads with ``strict=False``, so a checkpoint that
     does not fit the config would silently leave layers random; here it is an error.
+    ``block_size/hop_size/look_ahead`` choose the streaming encoder's geometry (see
+    :meth:`ContextualBlockConformerEncoder.select_geometry`; none: the training geometry);
+    the full-context path, cascaded on the streaming encoder, follows it.
     """
     with open(asr_train_config, encoding="utf-8") as f:
         args = argparse.Namespace(**yaml.safe_load(f))
@@ -45,6 +51,13 @@ def load_model(asr_train_config: str | Path, asr_model_file: Optional[str | Path
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise RuntimeError(f"{asr_model_file} does not fit {asr_train_config}: {e}") from e
+    geometry = (block_size, hop_size, look_ahead)
+    if model.stream_encoder is not None:
+        chosen = model.stream_encoder.select_geometry(*geometry)
+        logging.info(f"{asr_train_config}: streaming encoder at {chosen}")
+    elif any(v is not None for v in geometry):
+        raise ValueError(f"{asr_train_config}: block_size/hop_size/look_ahead need a streaming "
+                         f"encoder, which this model does not have")
     return model.to(device).eval(), args
 
 

@@ -3,8 +3,10 @@ RNN-T head run on a whole utterance).
 
 Heads: ``rnnt`` (offline RNN-T, time-synchronous beam search), ``ctc`` (greedy at beam 1,
 prefix beam search otherwise), ``attention`` (joint CTC/attention beam search),
-``maskctc`` (Mask-CTC iterative decoding), ``joint`` (4D-style: the n-best of one head
-rescored with the weighted log-likelihoods of the others) and ``streaming_rnnt`` (the
+``maskctc`` (Mask-CTC iterative decoding), ``joint`` (4D-style: the n-best lists of one
+or more heads, pooled, rescored with the weighted log-likelihoods of every head; the
+weights are tuned on a development set by ``dualmode_asr_tune_joint``) and
+``streaming_rnnt`` (the
 streaming encoder + streaming RNN-T on the whole utterance, identical to
 :class:`espnet2_dualmode.inference.streaming.Speech2TextStreaming`'s final result).
 """
@@ -47,9 +49,13 @@ class Speech2Text:
         max_sym_per_frame: RNN-T symbols per encoder frame.
         ctc_weight: CTC prefix-score weight of the attention search.
         maskctc_n_iterations, maskctc_threshold_probability: Mask-CTC decoding.
-        joint_nbest_head: head whose n-best ``joint`` rescores (rnnt, ctc or attention).
+        joint_nbest_head: head(s) whose n-best lists ``joint`` pools and rescores: rnnt,
+            ctc or attention, several joined by ``+`` (e.g. ``rnnt+attention``).
         joint_weights: per head (rnnt, ctc, attention, mlm) weight of its log-likelihood.
         device: torch device.
+        block_size, hop_size, look_ahead: the streaming encoder's geometry (none: the
+            training geometry; block_size alone: hop and look-ahead from a dynamic model's
+            ratios); every head on the cascade follows it.
     """
 
     def __init__(
@@ -66,10 +72,14 @@ class Speech2Text:
         joint_nbest_head: str = "rnnt",
         joint_weights: Optional[Mapping[str, float]] = None,
         device: str = "cpu",
+        block_size: Optional[int] = None,
+        hop_size: Optional[int] = None,
+        look_ahead: Optional[int] = None,
     ):
         if decode_head not in HEADS:
             raise ValueError(f"decode_head must be one of {HEADS}, not {decode_head!r}")
-        self.model, self.train_args = load_model(asr_train_config, asr_model_file, device)
+        self.model, self.train_args = load_model(asr_train_config, asr_model_file, device,
+                                                 block_size, hop_size, look_ahead)
         self.device = torch.device(device)
         self.decode_head = decode_head
         self.beam_size, self.nbest = beam_size, nbest
@@ -82,24 +92,33 @@ class Speech2Text:
         if any(part is None for part in needs[decode_head]):
             raise ValueError(f"{asr_train_config}: this model has no {decode_head} head")
         self.joint_weights = dict(DEFAULT_JOINT_WEIGHTS if joint_weights is None else joint_weights)
-        self.joint_nbest_head = joint_nbest_head
+        self.joint_nbest_heads = joint_nbest_head.split("+")
+        self.max_sym_per_frame, self.ctc_weight = max_sym_per_frame, ctc_weight
         if decode_head == "joint":
             self._check_joint()
-        search_head = joint_nbest_head if decode_head == "joint" else decode_head
-        search_nbest = beam_size if decode_head == "joint" else nbest
-        self.search = None
-        if search_head in ("rnnt", "streaming_rnnt"):
-            dec, joint = ((m.stream_decoder, m.stream_joint) if search_head == "streaming_rnnt"
+            self.searches = {h: self._search(h, beam_size) for h in self.joint_nbest_heads
+                             if h != "ctc"}
+        else:
+            self.search = self._search(decode_head, nbest, maskctc_n_iterations,
+                                       maskctc_threshold_probability)
+
+    def _search(self, head: str, nbest: int, maskctc_n_iterations: int = 10,
+                maskctc_threshold_probability: float = 0.99):
+        """The beam search of ``head`` (None for CTC, whose search needs no state)."""
+        m = self.model
+        if head in ("rnnt", "streaming_rnnt"):
+            dec, joint = ((m.stream_decoder, m.stream_joint) if head == "streaming_rnnt"
                           else m.offline_rnnt)
-            self.search = TransducerSearch(dec, joint, beam_size, max_sym_per_frame,
-                                           nbest=search_nbest)
-        elif search_head == "attention":
-            self.search = AttentionBeamSearch(
-                m.att_decoder, m.ctc if ctc_weight > 0 else None, m.vocab_size, m.sos, m.eos,
-                beam_size=beam_size, ctc_weight=ctc_weight, nbest=search_nbest)
-        elif search_head == "maskctc":
-            self.search = MaskCTCSearch(m.ctc, m.mlm_decoder, maskctc_n_iterations,
-                                        maskctc_threshold_probability)
+            return TransducerSearch(dec, joint, self.beam_size, self.max_sym_per_frame,
+                                    nbest=nbest)
+        if head == "attention":
+            return AttentionBeamSearch(
+                m.att_decoder, m.ctc if self.ctc_weight > 0 else None, m.vocab_size, m.sos,
+                m.eos, beam_size=self.beam_size, ctc_weight=self.ctc_weight, nbest=nbest)
+        if head == "maskctc":
+            return MaskCTCSearch(m.ctc, m.mlm_decoder, maskctc_n_iterations,
+                                 maskctc_threshold_probability)
+        return None
 
     def _check_joint(self) -> None:
         """Every weighted head of ``joint`` decoding, and its n-best head, exist."""
@@ -109,9 +128,14 @@ class Speech2Text:
         unknown = set(self.joint_weights) - set(available)
         if unknown:
             raise ValueError(f"joint_weights has unknown heads {sorted(unknown)}; use {sorted(available)}")
+        unknown = [h for h in self.joint_nbest_heads if h not in ("rnnt", "ctc", "attention")]
+        if unknown:
+            raise ValueError(f"joint_nbest_head: unknown n-best heads {unknown}; use rnnt, ctc "
+                             "or attention, joined by +")
         missing = [h for h, w in self.joint_weights.items() if w and available[h] is None]
-        if missing or available.get(self.joint_nbest_head) is None:
-            raise ValueError(f"joint decoding needs the heads {missing or [self.joint_nbest_head]}, "
+        missing += [h for h in self.joint_nbest_heads if available[h] is None]
+        if missing:
+            raise ValueError(f"joint decoding needs the heads {missing}, "
                              "which this model does not have")
 
     # ----- features --------------------------------------------------------------------
@@ -162,27 +186,35 @@ class Speech2Text:
         return self._joint(enc)
 
     def _joint(self, enc) -> List[List[Hypothesis]]:
-        """4D-style joint decoding: rescore one head's n-best with every weighted head."""
+        """4D-style joint decoding: rescore the pooled n-best lists with every weighted head."""
+        heads = [h for h, w in self.joint_weights.items() if w]
+        return [rescore(cands, scores, self.joint_weights)[: self.nbest]
+                for cands, scores in self.joint_candidates(enc, heads)]
+
+    def joint_candidates(self, enc, heads: Sequence[str]
+                         ) -> List[Tuple[List[List[int]], Dict[str, torch.Tensor]]]:
+        """Per utterance: the pooled, de-duplicated n-best candidates of the n-best heads
+        (in their order, each head's best first), and their log-likelihoods (N,) under
+        each of ``heads`` (rnnt, ctc, attention, mlm)."""
         m = self.model
-        if self.joint_nbest_head == "ctc":
-            log_probs = m.ctc.log_softmax(enc.full)
-            nbests = [ctc_prefix_beam_search(lp[:n], self.beam_size, m.blank_id, self.beam_size)
-                      for lp, n in zip(log_probs, enc.lengths.tolist())]
-        else:
-            nbests = self.search(enc.full, enc.lengths)
-        results = []
-        for i, nbest in enumerate(nbests):
+        nbests: List[List[List[int]]] = [[] for _ in range(enc.full.size(0))]
+        for head in self.joint_nbest_heads:
+            if head == "ctc":
+                log_probs = m.ctc.log_softmax(enc.full)
+                found = [ctc_prefix_beam_search(lp[:n], self.beam_size, m.blank_id, self.beam_size)
+                         for lp, n in zip(log_probs, enc.lengths.tolist())]
+            else:
+                found = self.searches[head](enc.full, enc.lengths)
+            for pool, hyps in zip(nbests, found):
+                pool.extend(hyp.tokens for hyp in hyps if hyp.tokens not in pool)
+        scorers = {
+            "rnnt": lambda h, c: transducer_sequence_scores(*m.offline_rnnt, h, c),
+            "ctc": lambda h, c: ctc_sequence_scores(m.ctc, h, c, m.blank_id),
+            "attention": lambda h, c: attention_sequence_scores(m.att_decoder, h, c, m.sos, m.eos),
+            "mlm": lambda h, c: mlm_sequence_scores(m.mlm_decoder, h, c, m.mask_token),
+        }
+        out = []
+        for i, cands in enumerate(nbests):
             h = enc.full[i, : enc.lengths[i]]
-            cands = [hyp.tokens for hyp in nbest]
-            scores: Dict[str, torch.Tensor] = {}
-            w = self.joint_weights
-            if w.get("rnnt"):
-                scores["rnnt"] = transducer_sequence_scores(*m.offline_rnnt, h, cands)
-            if w.get("ctc"):
-                scores["ctc"] = ctc_sequence_scores(m.ctc, h, cands, m.blank_id)
-            if w.get("attention"):
-                scores["attention"] = attention_sequence_scores(m.att_decoder, h, cands, m.sos, m.eos)
-            if w.get("mlm"):
-                scores["mlm"] = mlm_sequence_scores(m.mlm_decoder, h, cands, m.mask_token)
-            results.append(rescore(cands, scores, w)[: self.nbest])
-        return results
+            out.append((cands, {head: scorers[head](h, cands) for head in heads}))
+        return out

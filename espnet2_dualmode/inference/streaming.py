@@ -114,12 +114,16 @@ class Speech2TextStreaming:
         asr_train_config, asr_model_file: the training run's config.yaml and weights.
         beam_size, nbest, max_sym_per_frame: RNN-T search settings.
         device: torch device.
+        block_size, hop_size, look_ahead: the streaming encoder's geometry, as for
+            :class:`espnet2_dualmode.inference.offline.Speech2Text` (none: the training one).
     """
 
     def __init__(self, asr_train_config: str | Path, asr_model_file: Optional[str | Path],
                  beam_size: int = 10, nbest: int = 1, max_sym_per_frame: int = 10,
-                 device: str = "cpu"):
-        self.model, self.train_args = load_model(asr_train_config, asr_model_file, device)
+                 device: str = "cpu", block_size: Optional[int] = None,
+                 hop_size: Optional[int] = None, look_ahead: Optional[int] = None):
+        self.model, self.train_args = load_model(asr_train_config, asr_model_file, device,
+                                                 block_size, hop_size, look_ahead)
         m = self.model
         if m.stream_encoder is None or m.stream_decoder is None:
             raise ValueError(f"{asr_train_config}: this model has no streaming path")

@@ -21,7 +21,9 @@ evaluates it on only ``s_range`` label positions per frame:
    ``s_range >= U + 1`` it is the ordinary RNN-T loss.
 
 The objective is ``simple_loss_scale * L_simple + pruned_loss_scale * L_pruned``; the
-simple term trains the trivial joiner so that the ranges stay meaningful.
+simple term trains the trivial joiner so that the ranges stay meaningful. FastEmit
+(``fastemit_lambda``, see ``losses.transducer``) scales the gradient of the emission arcs
+of both lattices by (1 + lambda); values and pruning ranges are unchanged.
 
 Two trivial joiners are supported. The model (``model_conf.rnnt_loss_type: pruned``)
 uses the tied one; the separate heads are for direct callers of :func:`pruned_rnnt_loss`
@@ -55,7 +57,12 @@ import torch
 from espnet2.asr_transducer.joint_network import JointNetwork
 
 from espnet2_dualmode.losses.precision import float32_outside_autocast
-from espnet2_dualmode.losses.transducer import REDUCTIONS, _validate
+from espnet2_dualmode.losses.transducer import (
+    REDUCTIONS,
+    _validate,
+    check_fastemit_lambda,
+    fastemit_emission,
+)
 
 NEG_INF = float("-inf")
 # Rows per chunk of the fused output layer: about 2**21 logits (8 MB in float32).
@@ -500,6 +507,7 @@ def pruned_rnnt_loss(
     pruned_loss_scale: float = 1.0,
     reduction: str = "mean",
     simple_joiner: Optional[SimpleJoiner] = None,
+    fastemit_lambda: float = 0.0,
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """``simple_loss_scale * L_simple + pruned_loss_scale * L_pruned`` (see module doc).
 
@@ -523,6 +531,7 @@ def pruned_rnnt_loss(
         pruned_loss_scale: weight of L_pruned.
         reduction: ``"mean"`` (sum / B), ``"sum"`` or ``"none"`` (per utterance (B,)).
         simple_joiner: separate trivial-joiner heads; None ties them to ``joint``.
+        fastemit_lambda: FastEmit weight >= 0 on both terms (gradient only; 0 = plain).
 
     Returns:
         The combined loss and ``{"simple": L_simple, "pruned": L_pruned}``, all reduced
@@ -532,6 +541,7 @@ def pruned_rnnt_loss(
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
     if s_range < 2:
         raise ValueError(f"s_range must be >= 2 (a window of 1 cannot emit), got {s_range}")
+    check_fastemit_lambda(fastemit_lambda)
     for name, x, size in (
         ("enc_out", enc_out, joint.lin_enc.in_features),
         ("dec_out", dec_out, joint.lin_dec.in_features),
@@ -565,11 +575,13 @@ def pruned_rnnt_loss(
     else:
         am, lm = simple_joiner(enc_out, dec_out)
     emit, blank_lp = simple_lattice(am, lm, targets, blank)
+    emit = fastemit_emission(emit, fastemit_lambda)
     simple_ll, occ_emit, occ_blank = lattice_log_likelihood(emit, blank_lp, t_lens, u_lens)
 
     with _one_cpu_thread(device):  # small tensors: see _one_cpu_thread
         ranges = prune_ranges(occ_emit, occ_blank, t_lens, u_lens, s_range)  # (B, T, R)
     emit, blank_lp = _pruned_lattice(joint, enc_proj, dec_proj, ranges, targets, blank)
+    emit = fastemit_emission(emit, fastemit_lambda)
     pruned_ll, _, _ = lattice_log_likelihood(emit, blank_lp, t_lens, u_lens)
 
     simple = _reduce(-simple_ll, reduction)

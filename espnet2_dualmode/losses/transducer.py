@@ -17,11 +17,29 @@ are on the same scale as its CTC/attention/MLM terms.
 
 Under mixed precision the joint network may run in float16/bfloat16; the loss itself,
 from the logits on, runs in float32 outside autocast (see ``losses.precision``).
+
+**FastEmit** (Yu et al., ICASSP 2021, arXiv 2010.11148), ``fastemit_lambda`` > 0. The paper
+states its regulariser through the gradient: the derivative of the loss with respect to
+every label-emission probability y^(t, u) is (1 + lambda) times the RNN-T one, and the
+blank derivatives are unchanged, so that alignments that emit earlier gain probability
+mass. We implement exactly that gradient, and one definition serves every backend
+(torchaudio has no FastEmit argument; warp-rnnt's own ``fastemit_lambda`` is not used, so
+that all backends share this one): :func:`fastemit_emission` is the identity on the
+emission log-probabilities whose backward scales their gradient by (1 + lambda); since
+d/dlog y^ = y^ d/dy^, this is the paper's gradient. For the full loss the lattice is first
+reduced to its two arcs per node, log-probs (B, T, U+1, 2) of [blank, next label] (the
+same paths and probabilities, so the same loss), on which the emission channel is
+scaled; its explicit log-softmax holds one more (B, T, U+1, V) tensor than torchaudio's
+fused one (the pruned loss needs nothing extra). The returned VALUE stays the RNN-T NLL
+-log P(y | x), so that the logged loss is comparable across lambda; only the update
+changes. With ``fastemit_lambda=0`` the code path and result are exactly those of the
+plain loss.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from types import ModuleType
 from typing import Optional
 
@@ -75,6 +93,51 @@ def resolve_rnnt_backend(backend: str, device: torch.device) -> str:
                 "use backend='torchaudio' or 'auto'"
             )
     return backend
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity in the forward pass; multiplies the incoming gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def check_fastemit_lambda(fastemit_lambda: float) -> None:
+    """Reject a FastEmit weight that is negative or not finite (it would favour blank)."""
+    if not math.isfinite(fastemit_lambda) or fastemit_lambda < 0:
+        raise ValueError(f"fastemit_lambda must be a finite number >= 0, got {fastemit_lambda}")
+
+
+def fastemit_emission(emit: torch.Tensor, fastemit_lambda: float) -> torch.Tensor:
+    """FastEmit on label-emission log-probs: same values, gradient times (1 + lambda).
+
+    Applied to the emission arcs of an RNN-T lattice before its forward-backward pass,
+    it turns the RNN-T gradient into FastEmit's (module doc). ``emit`` itself is
+    returned for ``fastemit_lambda == 0``, so the plain loss is untouched.
+    """
+    check_fastemit_lambda(fastemit_lambda)
+    if fastemit_lambda == 0:
+        return emit
+    return _ScaleGradient.apply(emit, 1.0 + fastemit_lambda)
+
+
+def _two_arc_log_probs(
+    logits: torch.Tensor, targets: torch.Tensor, blank: int, fastemit_lambda: float
+) -> torch.Tensor:
+    """(B, T, U+1, 2) log-probs [blank, next label] of every lattice node, with FastEmit
+    on the label channel. ``targets`` (B, U) hold valid ids; column U reads blank (no
+    label arc leaves it, so its value never enters the loss)."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    labels = torch.nn.functional.pad(targets.long(), (0, 1), value=blank)  # (B, U+1)
+    index = labels.view(labels.size(0), 1, -1, 1).expand(-1, logits.size(1), -1, 1)
+    emit = fastemit_emission(log_probs.gather(3, index), fastemit_lambda)
+    return torch.cat([log_probs[..., blank : blank + 1], emit], dim=3).contiguous()
 
 
 def _validate(
@@ -140,6 +203,7 @@ def rnnt_loss(
     blank: int = 0,
     reduction: str = "mean",
     backend: str = "auto",
+    fastemit_lambda: float = 0.0,
 ) -> torch.Tensor:
     """RNN-T negative log-likelihood from joint-network logits.
 
@@ -162,12 +226,15 @@ def rnnt_loss(
             model should use), ``"sum"``, or ``"none"`` (per-utterance losses (B,)).
         backend: ``"auto"``, ``"torchaudio"`` or ``"warp_rnnt"`` (see
             :func:`resolve_rnnt_backend`).
+        fastemit_lambda: FastEmit weight lambda >= 0 (module doc); it changes the
+            gradient only. 0 (default) is the plain loss, bit for bit.
 
     Returns:
         float32 loss: a scalar, or (B,) for ``reduction="none"``.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    check_fastemit_lambda(fastemit_lambda)
     chosen = resolve_rnnt_backend(backend, logits.device)
     t_lens, u_lens = _validate(logits, targets, logit_lengths, target_lengths, blank)
 
@@ -180,10 +247,17 @@ def rnnt_loss(
     # Padded positions become blank: warp-rnnt's gather indexes with every entry.
     targets = torch.where(valid, targets, blank).to(torch.int32).contiguous()
     lengths_t = logit_lengths.to(device=device, dtype=torch.int32)
+    # With FastEmit the backends get log-probs of the two-arc lattice (blank 0, label 1).
+    fused_log_softmax = fastemit_lambda == 0
+    if fused_log_softmax:
+        scores = logits
+    else:
+        scores = _two_arc_log_probs(logits, targets, blank, fastemit_lambda)
+        targets, blank = torch.ones_like(targets), 0
 
     if chosen == "warp_rnnt":
         costs = _warp_rnnt().rnnt_loss(
-            torch.log_softmax(logits, dim=-1),
+            torch.log_softmax(scores, dim=-1) if fused_log_softmax else scores,
             targets,
             lengths_t,
             lengths_u,
@@ -193,12 +267,13 @@ def rnnt_loss(
         )
     else:
         costs = torchaudio.functional.rnnt_loss(
-            logits,
+            scores,
             targets,
             lengths_t,
             lengths_u,
             blank=blank,
             reduction="none",
+            fused_log_softmax=fused_log_softmax,
         )
 
     if reduction == "none":

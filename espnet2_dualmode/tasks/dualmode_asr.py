@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import logging
 from collections import Counter
-from typing import Collection, Dict, List, Optional, Tuple, Union
+from typing import Collection, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,23 +32,33 @@ from espnet2.tasks.asr import (
 from espnet2.torch_utils.initialize import initialize
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet2.train.class_choices import ClassChoices
+from espnet2.tasks import abs_task
 from espnet2.train.collate_fn import CommonCollateFn
+from espnet2.train.dataset import ESPnetDataset
 from espnet2.train.distributed_utils import resolve_distributed_mode
+from espnet2.train.iterable_dataset import DATA_TYPES as ITERABLE_TYPES
+from espnet2.train.iterable_dataset import IterableESPnetDataset
 from espnet2.utils.nested_dict_action import NestedDictAction
-from espnet2.utils.types import str_or_none
+from espnet2.utils.types import str2bool, str_or_none
 
 from espnet2_dualmode.encoders.contextual_block_conformer import (
     ContextualBlockConformerEncoder,
     min_input_frames,
 )
+from espnet2_dualmode.encoders.dualmode_conformer import DualModeConformerEncoder
 from espnet2_dualmode.encoders.full_context_conformer import FullContextConformerEncoder
 from espnet2_dualmode.model import DualModeASRModel
+from espnet2_dualmode.model_shared import DualModeSharedASRModel
 from espnet2_dualmode.train.preflight import DualModeTrainer
 
-model_choices = ClassChoices("model", classes=dict(dualmode=DualModeASRModel),
+# shared: Dual-mode ASR with shared weights (stream_encoder: dualmode_conformer, full_encoder:
+# null; the offline heads then sit on its full-context mode)
+model_choices = ClassChoices("model", classes=dict(dualmode=DualModeASRModel,
+                                                   shared=DualModeSharedASRModel),
                              type_check=AbsESPnetModel, default="dualmode")
 stream_encoder_choices = ClassChoices(
-    "stream_encoder", classes=dict(contextual_block_conformer=ContextualBlockConformerEncoder),
+    "stream_encoder", classes=dict(contextual_block_conformer=ContextualBlockConformerEncoder,
+                                   dualmode_conformer=DualModeConformerEncoder),
     type_check=AbsEncoder, default="contextual_block_conformer", optional=True)
 full_encoder_choices = ClassChoices(
     "full_encoder", classes=dict(conformer=FullContextConformerEncoder),
@@ -87,9 +98,10 @@ class CheckedCollateFn(CommonCollateFn):
     """ESPnet's collate after checking every utterance by name.
 
     A token id outside the vocabulary or a feature dimension that does not match the
-    model is an error naming the utterance. An empty transcript or an utterance too
-    short to give one encoder frame is skipped with a warning and counted (ESPnet's
-    stage 4 normally removes both).
+    model is an error naming the utterance. An utterance too short to give one encoder
+    frame is skipped with a warning and counted, and so is an empty transcript unless
+    ``keep_empty_text`` (ESPnet's stage 4 normally removes both; a corpus of silence and
+    noise clips with empty transcripts keeps them to teach the model to emit nothing).
 
     With ``defer_errors`` (distributed training) such an error does not raise in the
     DataLoader, where the other ranks would wait for this one forever: the batch becomes
@@ -97,12 +109,13 @@ class CheckedCollateFn(CommonCollateFn):
     """
 
     def __init__(self, vocab_size: int, feat_dim: Optional[int], min_speech_samples: int,
-                 defer_errors: bool = False):
+                 defer_errors: bool = False, keep_empty_text: bool = False):
         super().__init__(float_pad_value=0.0, int_pad_value=-1)
         self.vocab_size = vocab_size
         self.feat_dim = feat_dim
         self.min_speech_samples = min_speech_samples
         self.defer_errors = defer_errors
+        self.keep_empty_text = keep_empty_text
         self.skipped: Counter = Counter()
 
     def problem(self, uid: str, data: Dict[str, np.ndarray]) -> Optional[str]:
@@ -121,7 +134,7 @@ class CheckedCollateFn(CommonCollateFn):
                         f"{self.min_speech_samples} give one encoder frame)")
         text = data.get("text")
         if text is not None:
-            if text.size == 0:
+            if text.size == 0 and not self.keep_empty_text:
                 return "empty transcript"
             bad = text[(text < 0) | (text >= self.vocab_size)]
             if bad.size:
@@ -156,6 +169,38 @@ class CheckedCollateFn(CommonCollateFn):
         return kept
 
 
+class TextTolerantIterableDataset(IterableESPnetDataset):
+    """ESPnet's streaming dataset (stage 10's collect_stats) with ``text`` files read whole.
+
+    Why not ESPnet's: its line reader rejects a text line without a space, i.e. an empty
+    transcript (silence/noise clips, ``--keep_empty_text``). ESPnetDataset's reader, used
+    for the non-streamed part, accepts it.
+    """
+
+    def __init__(self, path_name_type_list: Collection[Tuple[str, str, str]], **kwargs):
+        whole = [t for t in path_name_type_list if t[2] == "text"]
+        streamed = [t for t in path_name_type_list if t[2] != "text"]
+        super().__init__(streamed or whole, **kwargs)
+        if whole and streamed:
+            self.debug_info.update({name: (path, kind) for path, name, kind in whole})
+            earlier = [t for t in streamed if t[2] not in ITERABLE_TYPES]
+            self.non_iterable_dataset = ESPnetDataset(
+                path_name_type_list=earlier + whole, preprocess=self.preprocess,
+                float_dtype=self.float_dtype, int_dtype=self.int_dtype)
+
+
+@contextlib.contextmanager
+def _text_tolerant_streaming() -> Iterator[None]:
+    """Make ESPnet's ``build_streaming_iterator`` build :class:`TextTolerantIterableDataset`
+    (it names its dataset class as a module global)."""
+    original = abs_task.IterableESPnetDataset
+    abs_task.IterableESPnetDataset = TextTolerantIterableDataset
+    try:
+        yield
+    finally:
+        abs_task.IterableESPnetDataset = original
+
+
 class DualModeASRTask(ASRTask):
     """ASRTask with the dual-mode model's components."""
 
@@ -187,11 +232,20 @@ class DualModeASRTask(ASRTask):
         group.add_argument("--stream_joint_net_conf", action=NestedDictAction, default=None,
                            help="JointNetwork options of the streaming RNN-T "
                                 "(--joint_net_conf is the offline one)")
+        group.add_argument("--keep_empty_text", type=str2bool, default=False,
+                           help="train on utterances with an empty transcript (silence or "
+                                "noise clips) instead of skipping them")
 
     @classmethod
     def check_required_command_args(cls, args: argparse.Namespace) -> None:
         super().check_required_command_args(args)
         check_distributed_options(args)
+
+    @classmethod
+    def build_streaming_iterator(cls, *args, **kwargs):
+        """ESPnet's, reading text files so that an empty transcript is accepted."""
+        with _text_tolerant_streaming():
+            return super().build_streaming_iterator(*args, **kwargs)
 
     @classmethod
     def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> CheckedCollateFn:
@@ -202,7 +256,8 @@ class DualModeASRTask(ASRTask):
         defer = (bool(getattr(args, "distributed", False))
                  and not getattr(args, "collect_stats", False))
         return CheckedCollateFn(len(token_list), feat_dim, min_speech_samples(args.frontend_conf),
-                                defer_errors=defer)
+                                defer_errors=defer,
+                                keep_empty_text=getattr(args, "keep_empty_text", False))
 
     @classmethod
     def build_model(cls, args: argparse.Namespace) -> DualModeASRModel:
@@ -242,8 +297,11 @@ class DualModeASRTask(ASRTask):
             stream_ctc = CTC(odim=vocab_size, encoder_output_size=stream_encoder.output_size(),
                              **args.ctc_conf)
         rnnt_decoder = rnnt_joint = ctc = att_decoder = mlm_decoder = None
-        if full_encoder is not None:
-            enc_size = full_encoder.output_size()
+        # the offline heads read the full-context encoder, or the shared encoder's full mode
+        full_side = full_encoder if full_encoder is not None else (
+            stream_encoder if isinstance(stream_encoder, DualModeConformerEncoder) else None)
+        if full_side is not None:
+            enc_size = full_side.output_size()
             if args.rnnt_decoder is not None:
                 rnnt_decoder = _build(rnnt_decoder_choices, args.rnnt_decoder,
                                       args.rnnt_decoder_conf, vocab_size=vocab_size)

@@ -4,6 +4,8 @@
 #   1 data preparation   2 speed perturbation   3 format (dump)   4 filtering
 #   5 token list        10 statistics          11 training       12 decoding
 #  13 scoring and RESULTS.md
+#  14 block-size sweep of the trained model (only with --sweep_block_sizes): Figure 2 from
+#     one model, <decode dir>/sweep/sweep.{md,png}
 # Every stage leaves a marker (.done_stageN) recording the arguments that shape its
 # output; a re-run skips a stage whose marker matches and re-runs it otherwise (a changed
 # upstream stage changes the markers downstream, so they re-run too).
@@ -22,7 +24,7 @@ log() {
 # Options (each one is settable as --name value)
 # ---------------------------------------------------------------------------------------
 stage=1                  # first stage to run
-stop_stage=13            # last stage to run
+stop_stage=14            # last stage to run (14 does nothing without --sweep_block_sizes)
 ngpu=1                   # GPUs for training (0: CPU); > 1 trains with one process per GPU
 cpu_train_procs=1        # with --ngpu 0: training processes (gloo), one thread each
 num_nodes=1              # nodes for training (> 1: one srun task per node, needs --cmd_backend slurm)
@@ -40,12 +42,19 @@ decode_cmd=              # job command of decoding and the latency measurement (
 train_set=               # training data dir under data/ (required)
 valid_set=               # validation data dir under data/ (required)
 test_sets=               # test data dirs under data/, space-separated (required)
+empty_test_sets=         # test data dirs of non-speech audio (silence, noise) with empty
+                         # transcripts: stage 12 decodes them with every head, stage 13
+                         # checks that every output is empty
+non_speech_check=strict  # strict: stage 13 fails on a non-empty output; report: only
+                         # reports it in RESULTS.md (a model too small to learn silence)
 local_data_opts=         # options of local/data.sh
 speed_perturb_factors=   # e.g. "0.9 1.0 1.1" (empty: no speed perturbation)
 fs=16k                   # sample rate of the dump
 audio_format=wav         # wav or flac
 min_wav_duration=0.1     # stage 4 removes shorter training/validation utterances (s)
 max_wav_duration=20      # ... and longer ones (s)
+keep_empty_text=false    # stage 4 keeps utterances with an empty transcript (silence/noise
+                         # clips); training then learns from them (--keep_empty_text)
 
 # Tokens
 token_type=char          # char or bpe
@@ -72,6 +81,9 @@ asr_stats_dir=           # default: exp/asr_stats_raw_<token_type>[<nbpe>][_sp]
 decode_heads="streaming rnnt ctc attention maskctc"  # streaming = chunk-wise binary
 inference_config=        # decoding config of every head (empty: the binaries' defaults)
 inference_head_configs=  # per-head overrides, "head=conf.yaml head2=conf2.yaml"
+tune_joint=false         # stage 12 tunes the joint head's rescoring weights on --valid_set
+                         # (n-best of --joint_nbest_heads pooled) before decoding the tests
+joint_nbest_heads=rnnt+attention  # heads whose n-best lists joint pools, with --tune_joint
 inference_args=          # extra decoding options
 inference_tag=           # default: <config name>_asr_model_<model name>
 inference_asr_model=valid.loss.ave.pth
@@ -79,6 +91,12 @@ sim_chunk_length=640     # samples per chunk fed to the streaming binary
 measure_latency=true     # measure RTF / emission delay on the first test set (stage 12)
 latency_max_utts=100     # utterances used for the latency measurement
 score_units=             # char and/or word (default: char for char tokens, else word)
+
+# Block-size sweep of one model (stage 14)
+sweep_block_sizes=       # e.g. "10 20 30 40 50 60" (empty: no stage 14)
+sweep_hop_ratio=0.4      # hop = ratio x block rounded half up (a hop of 0 is an error)
+sweep_look_ahead_ratio=0.4  # look-ahead = ratio x block rounded half up
+sweep_heads="streaming rnnt"  # streaming path and the full-context heads to decode per geometry
 
 # shellcheck disable=SC2034  # read by parse_options.sh
 help_message=$(cat <<EOF
@@ -88,6 +106,7 @@ Runs the stages of an espnet2-dualmode recipe from its directory (egs2/<corpus>/
   1 local/data.sh          2 speed perturbation    3 dump audio (cut, resample)
   4 filter utterances      5 token list           10 feature statistics
  11 training (resumes)    12 decoding per head    13 scoring, RESULTS.md
+ 14 block-size sweep of the trained model (with --sweep_block_sizes)
 Finished stages are skipped when re-run with the same arguments.
 
 Options (default in brackets):
@@ -106,11 +125,14 @@ Options (default in brackets):
                             [--num_nodes N] [--tasks_per_node N] [JOB=1:N] LOG COMMAND...
   --train_set, --valid_set  data dirs under data/ (required)
   --test_sets               data dirs under data/, space-separated (required)
+  --empty_test_sets         non-speech data dirs that must decode to empty text [${empty_test_sets}]
+  --non_speech_check        strict (fail on text) or report [${non_speech_check}]
   --local_data_opts         options of local/data.sh [${local_data_opts}]
   --speed_perturb_factors   e.g. "0.9 1.0 1.1"; empty = none [${speed_perturb_factors}]
   --fs                      sample rate of the dump [${fs}]
   --audio_format            wav or flac [${audio_format}]
   --min_wav_duration, --max_wav_duration  stage 4 limits in seconds [${min_wav_duration}, ${max_wav_duration}]
+  --keep_empty_text         stage 4 keeps, and training uses, empty-transcript utterances [${keep_empty_text}]
   --token_type              char or bpe [${token_type}]
   --nbpe, --bpemode, --bpe_char_cover  sentencepiece settings [${nbpe}, ${bpemode}, ${bpe_char_cover}]
   --nlsyms_txt              non-linguistic symbols file [${nlsyms_txt}]
@@ -130,6 +152,8 @@ Options (default in brackets):
                             [${decode_heads}]
   --inference_config        decoding config for every head [${inference_config}]
   --inference_head_configs  per-head configs, "ctc=conf/a.yaml maskctc=conf/b.yaml"
+  --tune_joint              tune the joint weights on the valid set in stage 12 [${tune_joint}]
+  --joint_nbest_heads       n-best heads pooled by the tuned joint decoding [${joint_nbest_heads}]
   --inference_args          extra decoding options [${inference_args}]
   --inference_tag           decoding folder name [<config name>_asr_model_<model name>]
   --inference_asr_model     checkpoint under the experiment [${inference_asr_model}]
@@ -137,6 +161,15 @@ Options (default in brackets):
   --measure_latency         RTF and emission delay on the first test set [${measure_latency}]
   --latency_max_utts        utterances for the latency measurement [${latency_max_utts}]
   --score_units             "char", "word" or both [char for char tokens, else word]
+  --sweep_block_sizes       stage 14: decode, score and time the trained model at each of
+                            these block sizes (subsampled frames), e.g. "10 20 40"; writes
+                            <decode dir>/sweep/sweep.md and sweep.png (error rate against
+                            algorithmic latency) [${sweep_block_sizes:-none: no stage 14}]
+  --sweep_hop_ratio, --sweep_look_ahead_ratio
+                            hop and look-ahead of each block size as ratios of it, rounded
+                            half up [${sweep_hop_ratio}, ${sweep_look_ahead_ratio}]
+  --sweep_heads             heads decoded at each geometry; the full-context heads change
+                            with it too (cascaded on the streaming encoder) [${sweep_heads}]
 EOF
 )
 
@@ -158,9 +191,21 @@ for name in stage stop_stage ngpu nj nbpe sim_chunk_length latency_max_utts pref
         cpu_train_procs num_nodes; do
     [[ "${!name}" =~ ^[0-9]+$ ]] || usage_error "--${name} must be a non-negative integer, got '${!name}'"
 done
+for block in ${sweep_block_sizes}; do
+    [[ "${block}" =~ ^[1-9][0-9]*$ ]] || usage_error "--sweep_block_sizes takes positive integers, got '${block}'"
+done
+for name in sweep_hop_ratio sweep_look_ahead_ratio; do
+    [[ "${!name}" =~ ^(0(\.[0-9]*)?|1(\.0*)?|\.[0-9]+)$ ]] || usage_error "--${name} must be a number in [0, 1], got '${!name}'"
+done
+if [ -n "${sweep_block_sizes}" ] && [ -z "${sweep_heads}" ]; then
+    usage_error "--sweep_heads is empty"
+fi
 [ "${nj}" -ge 1 ] || usage_error "--nj must be >= 1"
 [ "${num_nodes}" -ge 1 ] || usage_error "--num_nodes must be >= 1"
 case "${cmd_backend}" in local|slurm) ;; *) usage_error "--cmd_backend must be local or slurm" ;; esac
+case "${keep_empty_text}" in true|false) ;; *) usage_error "--keep_empty_text must be true or false" ;; esac
+case "${tune_joint}" in true|false) ;; *) usage_error "--tune_joint must be true or false" ;; esac
+case "${non_speech_check}" in strict|report) ;; *) usage_error "--non_speech_check must be strict or report" ;; esac
 # The job commands of the backend (ESPnet's cmd.sh); --cpu_cmd/--train_cmd/--decode_cmd win.
 if [ -f ./cmd.sh ]; then
     # shellcheck disable=SC1091
@@ -449,8 +494,8 @@ final_marker() {
 # Stage 3: format / dump
 # ---------------------------------------------------------------------------------------
 if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
-    begin_stage 3 "${data_logdir}" "dump ${train_set} ${valid_set} ${test_sets} at ${fs} (${audio_format})"
-    for dset in "${train_set}" "${valid_set}" ${test_sets}; do
+    begin_stage 3 "${data_logdir}" "dump ${train_set} ${valid_set} ${test_sets} ${empty_test_sets} at ${fs} (${audio_format})"
+    for dset in "${train_set}" "${valid_set}" ${test_sets} ${empty_test_sets}; do
         out=$(dump_dir "${dset}")
         if [ "${dset}" = "${train_set}" ] && [ -n "${speed_perturb_factors}" ]; then
             upstream=$(hash_of "data/${train_set}/.done_stage2")
@@ -472,14 +517,16 @@ fi
 # Stage 4: remove short, long and empty-text utterances from training and validation
 # ---------------------------------------------------------------------------------------
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
-    begin_stage 4 "${data_logdir}" "filter ${train_set} ${valid_set}: ${min_wav_duration} s .. ${max_wav_duration} s, non-empty text"
+    begin_stage 4 "${data_logdir}" "filter ${train_set} ${valid_set}: ${min_wav_duration} s .. ${max_wav_duration} s, keep empty text: ${keep_empty_text}"
     for dset in "${train_set}" "${valid_set}"; do
         sig=$(printf '%s\n' "min=${min_wav_duration}" "max=${max_wav_duration}" \
+            "keep_empty_text=${keep_empty_text}" \
             "upstream=$(hash_of "${data_feats}/org/${dset}/.done_stage3")")
         if ! already_done "${data_feats}/${dset}/.done_stage4" "${sig}"; then
             run_logged "${python}" -m dualmode_recipe filter \
                 --src "${data_feats}/org/${dset}" --dst "${data_feats}/${dset}" --fs "${fs_hz}" \
-                --min_duration "${min_wav_duration}" --max_duration "${max_wav_duration}"
+                --min_duration "${min_wav_duration}" --max_duration "${max_wav_duration}" \
+                --keep_empty_text "${keep_empty_text}"
             grep -h "kept .* utterances" "${stage_log}" | tail -n 1 | sed 's/^.*INFO: /  /'
             mark_done "${data_feats}/${dset}/.done_stage4" "${sig}"
         fi
@@ -552,7 +599,7 @@ if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 10 ]; then
     begin_stage 10 "${asr_stats_dir}/logs" "statistics of ${train_set} and ${valid_set} -> ${asr_stats_dir}"
     sig=$(printf '%s\n' "frontend=$(config_value "${train_config}" frontend)" \
         "frontend_conf=$(config_value "${train_config}" frontend_conf)" "asr_args=${asr_args}" \
-        "fs=${fs_hz}" "token_list=$(hash_of "${token_list}")" \
+        "fs=${fs_hz}" "token_list=$(hash_of "${token_list}")" "keep_empty_text=${keep_empty_text}" \
         "train=$(hash_of "$(final_marker "${train_set}")")" \
         "valid=$(hash_of "$(final_marker "${valid_set}")")")
     if ! already_done "${asr_stats_dir}/.done_stage10" "${sig}"; then
@@ -570,6 +617,7 @@ if [ "${stage}" -le 10 ] && [ "${stop_stage}" -ge 10 ]; then
         run_jobs "${cpu_cmd}" "${_nj}" "${logdir}" stats \
             "${python}" -m espnet2_dualmode.bin.dualmode_asr_train \
             --collect_stats true --use_preprocessor true "${token_opts[@]}" "${data_opts[@]}" \
+            --keep_empty_text "${keep_empty_text}" \
             --train_shape_file "${logdir}/train.JOB.scp" \
             --valid_shape_file "${logdir}/valid.JOB.scp" \
             --output_dir "${logdir}/stats.JOB" --config "${train_config}" \
@@ -613,7 +661,7 @@ if [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 11 ]; then
             --valid_shape_file "${asr_stats_dir}/valid/text_shape.${token_type}" \
             --fold_length 80000 --fold_length 150 --resume true \
             --output_dir "${asr_exp}" --config "${train_config}" --ngpu "${ngpu}" \
-            --preflight_batches "${preflight_batches}" \
+            --preflight_batches "${preflight_batches}" --keep_empty_text "${keep_empty_text}" \
             --frontend_conf "fs=${fs_hz}" "${train_opts[@]}" ${asr_args})
         rendezvous=$(cd "${asr_exp}" && pwd)/.rendezvous
         rm -f "${rendezvous}"
@@ -655,17 +703,30 @@ if [ "${stage}" -le 11 ] && [ "${stop_stage}" -ge 11 ]; then
 fi
 
 # ---------------------------------------------------------------------------------------
-# Stage 12: decoding of every test set with every head (+ latency of the streaming mode)
+# Decoding, latency and scoring of one model: stage 12-13 at the training geometry, and
+# stage 14 once per geometry of the block-size sweep.
 # ---------------------------------------------------------------------------------------
 if [ "${gpu_inference}" = true ]; then inference_ngpu=1; else inference_ngpu=0; fi
 model_sig=$(hash_of "${asr_exp}/.done_stage11")
-if [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 12 ]; then
-    begin_stage 12 "${asr_exp}/logs" "decoding ${test_sets} with ${decode_heads} -> ${decode_root}"
-    model_file=${asr_exp}/${inference_asr_model}
+model_file=${asr_exp}/${inference_asr_model}
+
+# require_model: stop unless training left the config and the checkpoint to decode.
+require_model() {
+    local f
     for f in "${asr_exp}/config.yaml" "${model_file}"; do
         [ -e "${f}" ] || { log "error: ${f} does not exist (train first: stage 11)"; exit 1; }
     done
-    for head in ${decode_heads}; do
+}
+
+# decode_sets N ROOT "HEADS" [GEOMETRY...]: decode every test set with every head of HEADS
+# into ROOT/<head>/<set> (marker .done_stageN), in --inference_nj jobs per set. GEOMETRY
+# (--block_size B --hop_size H --look_ahead L) goes to the decoder; none: the training one.
+decode_sets() {
+    local n=$1 root=$2 heads=$3 sets=$4
+    shift 4
+    local -a geometry=("$@") config_opts decoder job_dirs
+    local head head_config dset dir sig logdir _nj i
+    for head in ${heads}; do
         head_config=$(inference_config_of "${head}")
         if [ -n "${head_config}" ] && [ ! -f "${head_config}" ]; then
             log "error: decoding config ${head_config} of head ${head} does not exist"
@@ -679,13 +740,14 @@ if [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 12 ]; then
         else
             decoder=(-m espnet2_dualmode.bin.dualmode_asr_inference --decode_head "${head}")
         fi
-        for dset in ${test_sets}; do
-            dir=${decode_root}/${head}/${dset}
+        for dset in ${sets}; do
+            dir=${root}/${head}/${dset}
             sig=$(printf '%s\n' "command=${decoder[*]}" "config=$(hash_of "${head_config}")" \
                 "inference_args=${inference_args}" "model=${inference_asr_model}" \
                 "trained=${model_sig}" "data=$(hash_of "$(final_marker "${dset}")")")
+            if [ ${#geometry[@]} -gt 0 ]; then sig+=$'\n'"geometry=${geometry[*]}"; fi
             log "${head} on ${dset} -> ${dir}"
-            if already_done "${dir}/.done_stage12" "${sig}"; then continue; fi
+            if already_done "${dir}/.done_stage${n}" "${sig}"; then continue; fi
             logdir=${dir}/logdir
             fresh_logdir "${decode_cmd}" "${logdir}" "${sig}"
             _nj=$("${python}" -m dualmode_recipe split \
@@ -697,7 +759,7 @@ if [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 12 ]; then
                 --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${model_file}" \
                 --data_path_and_name_and_type "${data_feats}/${dset}/wav.scp,speech,sound" \
                 --key_file "${logdir}/keys.JOB.scp" --output_dir "${logdir}/output.JOB" \
-                --ngpu "${inference_ngpu}" "${config_opts[@]}" ${inference_args}
+                --ngpu "${inference_ngpu}" "${config_opts[@]}" "${geometry[@]}" ${inference_args}
             job_dirs=()
             for i in $(seq 1 "${_nj}"); do job_dirs+=("${logdir}/output.${i}"); done
             run_logged "${python}" -m dualmode_recipe merge \
@@ -705,33 +767,118 @@ if [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 12 ]; then
             if [ -s "${dir}/failed" ]; then
                 log "warning: $(num_lines "${dir}/failed") utterance(s) of ${dset} failed to decode with ${head}: see ${dir}/failed"
             fi
-            mark_done "${dir}/.done_stage12" "${sig}"
+            mark_done "${dir}/.done_stage${n}" "${sig}"
         done
     done
+}
+
+# measure_streaming_latency N DIR [GEOMETRY...]: RTF, algorithmic latency and emission
+# delay of the streaming path on the first test set into DIR/latency.json (marker
+# DIR/.done_stageN), at GEOMETRY (none: the training one).
+# tune_joint_weights DIR: the joint head's weights tuned on the validation set (never on
+# a test set) -> DIR/joint_decode.yaml (the joint head's decoding config) and DIR/tuning.md.
+tune_joint_weights() {
+    local dir=$1 sig base_config
+    base_config=$(inference_config_of joint)
+    sig=$(printf '%s\n' "model=${inference_asr_model}" "trained=${model_sig}" \
+        "config=$(hash_of "${base_config}")" "nbest_heads=${joint_nbest_heads}" \
+        "inference_args=${inference_args}" "data=$(hash_of "$(final_marker "${valid_set}")")")
+    log "joint weights tuned on ${valid_set} -> ${dir}/joint_decode.yaml"
+    if already_done "${dir}/.done_stage12" "${sig}"; then return; fi
+    local -a config_opts=()
+    if [ -n "${base_config}" ]; then config_opts=(--config "${base_config}"); fi
+    # shellcheck disable=SC2086
+    run_step "${decode_cmd} --gpu ${inference_ngpu}" "${dir}/tune.log" \
+        "${python}" -m espnet2_dualmode.bin.dualmode_asr_tune_joint \
+        --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${model_file}" \
+        --data_path_and_name_and_type "${data_feats}/${valid_set}/wav.scp,speech,sound" \
+        --text "${data_feats}/${valid_set}/text" --joint_nbest_head "${joint_nbest_heads}" \
+        --output_dir "${dir}" --ngpu "${inference_ngpu}" "${config_opts[@]}" ${inference_args}
+    mark_done "${dir}/.done_stage12" "${sig}"
+}
+
+measure_streaming_latency() {
+    local n=$1 dir=$2
+    shift 2
+    local -a geometry=("$@") beam_opts=()
+    local latency_set=${test_sets%% *} sig streaming_config beam
+    # The speech's position in each file, when the corpus knows it (the demo's synthesis):
+    # the model-independent reference of Latency@50/@90.
+    local segments=data/${latency_set}/speech_segments
+    local -a segment_opts=()
+    if [ -f "${segments}" ]; then segment_opts=(--speech_segments "${segments}"); fi
+    sig=$(printf '%s\n' "set=${latency_set}" "max_utts=${latency_max_utts}" \
+        "model=${inference_asr_model}" "trained=${model_sig}" \
+        "data=$(hash_of "$(final_marker "${latency_set}")")" "segments=$(hash_of "${segments}")")
+    # The streaming decoding's beam, when its config sets one.
+    streaming_config=$(inference_config_of streaming)
+    if [ -n "${streaming_config}" ]; then
+        beam=$(config_value "${streaming_config}" beam_size)
+        if [ -n "${beam}" ]; then beam_opts=(--beam_size "${beam}"); fi
+    fi
+    sig+=$'\n'"chunk=${sim_chunk_length} ${beam_opts[*]}"
+    if [ ${#geometry[@]} -gt 0 ]; then sig+=$'\n'"geometry=${geometry[*]}"; fi
+    log "latency of the streaming mode on ${latency_set} -> ${dir}/latency.json"
+    if already_done "${dir}/.done_stage${n}" "${sig}"; then return; fi
+    run_step "${decode_cmd} --gpu ${inference_ngpu}" "${dir}/latency.log" \
+        "${python}" -m espnet2_dualmode.bin.measure_latency \
+        --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${model_file}" \
+        --data_path_and_name_and_type "${data_feats}/${latency_set}/wav.scp,speech,sound" \
+        --output_dir "${dir}" --max_utts "${latency_max_utts}" \
+        --chunk_length "${sim_chunk_length}" "${beam_opts[@]}" "${segment_opts[@]}" "${geometry[@]}"
+    mark_done "${dir}/.done_stage${n}" "${sig}"
+}
+
+unit_opts=()
+for unit in ${score_units}; do unit_opts+=(--unit "${unit}"); done
+nlsyms_opts=()
+if [ "${nlsyms_txt}" != none ]; then nlsyms_opts=(--nlsyms "${nlsyms_txt}"); fi
+
+# scoring_signature N ROOT "HEADS" [LATENCY_DIR]: the inputs of scoring ROOT: the decodings'
+# markers .done_stageN (and that of LATENCY_DIR), units, heads, sets and symbols.
+scoring_signature() {
+    local n=$1 root=$2 heads=$3 latency_dir=${4:-} upstream= head dset
+    for head in ${heads}; do
+        for dset in ${test_sets}; do
+            upstream+=" ${head}/${dset}=$(hash_of "${root}/${head}/${dset}/.done_stage${n}")"
+        done
+    done
+    if [ -n "${latency_dir}" ]; then
+        upstream+=" latency=$(hash_of "${latency_dir}/.done_stage${n}")"
+    fi
+    printf '%s\n' "units=${score_units}" "heads=${heads}" "sets=${test_sets}" \
+        "nlsyms=$(hash_of "${nlsyms_txt}")" "upstream=${upstream}"
+}
+
+# score_decodings ROOT "HEADS": ROOT/<head>/<set>/scores.json of every head and test set.
+score_decodings() {
+    local root=$1 heads=$2 head dset dir
+    for head in ${heads}; do
+        for dset in ${test_sets}; do
+            dir=${root}/${head}/${dset}
+            [ -f "${dir}/text" ] || { log "error: ${dir}/text does not exist (decode it first)"; exit 1; }
+            # shellcheck disable=SC2016  # expanded by the job's shell
+            run_step "${cpu_cmd}" "${dir}/score.log" bash -c '"$@" > "$0"' "${dir}/scores.json" \
+                "${python}" -m dualmode_recipe score --ref_text "${data_feats}/${dset}/text" \
+                --hyp_text "${dir}/text" --name "${dset}" "${unit_opts[@]}" \
+                "${nlsyms_opts[@]}" --output_dir "${dir}" --json
+        done
+    done
+}
+
+# ---------------------------------------------------------------------------------------
+# Stage 12: decoding of every test set with every head (+ latency of the streaming mode)
+# ---------------------------------------------------------------------------------------
+if [ "${stage}" -le 12 ] && [ "${stop_stage}" -ge 12 ]; then
+    begin_stage 12 "${asr_exp}/logs" "decoding ${test_sets} with ${decode_heads} -> ${decode_root}"
+    require_model
+    if [ "${tune_joint}" = true ] && [[ " ${decode_heads} " == *" joint "* ]]; then
+        tune_joint_weights "${decode_root}/joint_tuning"
+        inference_head_configs+=" joint=${decode_root}/joint_tuning/joint_decode.yaml"
+    fi
+    decode_sets 12 "${decode_root}" "${decode_heads}" "${test_sets} ${empty_test_sets}"
     if [ "${measure_latency}" = true ]; then
-        latency_set=${test_sets%% *}
-        dir=${decode_root}/latency
-        sig=$(printf '%s\n' "set=${latency_set}" "max_utts=${latency_max_utts}" \
-            "model=${inference_asr_model}" "trained=${model_sig}" \
-            "data=$(hash_of "$(final_marker "${latency_set}")")")
-        # The streaming decoding's beam, when its config sets one.
-        streaming_config=$(inference_config_of streaming)
-        beam_opts=()
-        if [ -n "${streaming_config}" ]; then
-            beam=$(config_value "${streaming_config}" beam_size)
-            if [ -n "${beam}" ]; then beam_opts=(--beam_size "${beam}"); fi
-        fi
-        sig+=$'\n'"chunk=${sim_chunk_length} ${beam_opts[*]}"
-        log "latency of the streaming mode on ${latency_set} -> ${dir}/latency.json"
-        if ! already_done "${dir}/.done_stage12" "${sig}"; then
-            run_step "${decode_cmd} --gpu ${inference_ngpu}" "${dir}/latency.log" \
-                "${python}" -m espnet2_dualmode.bin.measure_latency \
-                --asr_train_config "${asr_exp}/config.yaml" --asr_model_file "${model_file}" \
-                --data_path_and_name_and_type "${data_feats}/${latency_set}/wav.scp,speech,sound" \
-                --output_dir "${dir}" --max_utts "${latency_max_utts}" \
-                --chunk_length "${sim_chunk_length}" "${beam_opts[@]}"
-            mark_done "${dir}/.done_stage12" "${sig}"
-        fi
+        measure_streaming_latency 12 "${decode_root}/latency"
     fi
 fi
 
@@ -740,45 +887,78 @@ fi
 # ---------------------------------------------------------------------------------------
 if [ "${stage}" -le 13 ] && [ "${stop_stage}" -ge 13 ]; then
     begin_stage 13 "${asr_exp}/logs" "scoring (${score_units}) -> ${asr_exp}/RESULTS.md"
-    unit_opts=()
-    for unit in ${score_units}; do unit_opts+=(--unit "${unit}"); done
-    nlsyms_opts=()
-    if [ "${nlsyms_txt}" != none ]; then nlsyms_opts=(--nlsyms "${nlsyms_txt}"); fi
-    upstream=
-    for head in ${decode_heads}; do
-        for dset in ${test_sets}; do
-            upstream+=" ${head}/${dset}=$(hash_of "${decode_root}/${head}/${dset}/.done_stage12")"
+    latency_opts=()
+    latency_dir=
+    if [ "${measure_latency}" = true ]; then
+        latency_opts=(--latency_set "${test_sets%% *}")
+        latency_dir=${decode_root}/latency
+    fi
+    sig=$(scoring_signature 12 "${decode_root}" "${decode_heads}" "${latency_dir}")
+    for dset in ${empty_test_sets}; do
+        for head in ${decode_heads}; do
+            sig+=$'\n'"${head}/${dset}=$(hash_of "${decode_root}/${head}/${dset}/.done_stage12")"
         done
     done
-    latency_set=
-    latency_opts=()
-    if [ "${measure_latency}" = true ]; then
-        latency_set=${test_sets%% *}
-        latency_opts=(--latency_set "${latency_set}")
-        upstream+=" latency=$(hash_of "${decode_root}/latency/.done_stage12")"
-    fi
-    sig=$(printf '%s\n' "units=${score_units}" "heads=${decode_heads}" "sets=${test_sets}" \
-        "nlsyms=$(hash_of "${nlsyms_txt}")" "upstream=${upstream}")
     if ! already_done "${decode_root}/.done_stage13" "${sig}"; then
-        for head in ${decode_heads}; do
-            for dset in ${test_sets}; do
-                dir=${decode_root}/${head}/${dset}
-                [ -f "${dir}/text" ] || { log "error: ${dir}/text does not exist (decode first: stage 12)"; exit 1; }
-                # shellcheck disable=SC2016  # expanded by the job's shell
-                run_step "${cpu_cmd}" "${dir}/score.log" bash -c '"$@" > "$0"' "${dir}/scores.json" \
-                    "${python}" -m dualmode_recipe score --ref_text "${data_feats}/${dset}/text" \
-                    --hyp_text "${dir}/text" --name "${dset}" "${unit_opts[@]}" \
-                    "${nlsyms_opts[@]}" --output_dir "${dir}" --json
-            done
-        done
+        score_decodings "${decode_root}" "${decode_heads}"
         # shellcheck disable=SC2086
         run_logged "${python}" -m dualmode_recipe results --decode_dir "${decode_root}" \
             --heads ${decode_heads} --test_sets ${test_sets} --units ${score_units} \
             --title "${asr_exp} (${inference_tag}, ${inference_asr_model})" \
             "${latency_opts[@]}" --output "${asr_exp}/RESULTS.md"
-        mark_done "${decode_root}/.done_stage13" "${sig}"
+        non_speech_ok=true
+        for dset in ${empty_test_sets}; do
+            # shellcheck disable=SC2086
+            if ! run_logged "${python}" -m dualmode_recipe check_empty --decode_dir "${decode_root}" \
+                    --heads ${decode_heads} --test_set "${dset}" \
+                    --output "${decode_root}/non_speech_${dset}.md"; then
+                non_speech_ok=false
+            fi
+            { echo; cat "${decode_root}/non_speech_${dset}.md"; } >> "${asr_exp}/RESULTS.md"
+        done
+        if [ "${non_speech_ok}" = true ] || [ "${non_speech_check}" = report ]; then
+            mark_done "${decode_root}/.done_stage13" "${sig}"
+        fi
     fi
     cat "${asr_exp}/RESULTS.md"
+    if [ "${non_speech_ok:-true}" = false ]; then
+        log "$([ "${non_speech_check}" = strict ] && echo error || echo warning): a head decoded non-speech audio (${empty_test_sets}) to text: see ${asr_exp}/RESULTS.md"
+        if [ "${non_speech_check}" = strict ]; then exit 1; fi
+    fi
 fi
 
+# ---------------------------------------------------------------------------------------
+# Stage 14 (only with --sweep_block_sizes): Figure 2 from one model. Per block size, the
+# test sets decoded with --sweep_heads at that geometry, the streaming latency measured on
+# the first one, everything scored; then the sweep's table and plot.
+# ---------------------------------------------------------------------------------------
+if [ -n "${sweep_block_sizes}" ] && [ "${stage}" -le 14 ] && [ "${stop_stage}" -ge 14 ]; then
+    sweep_root=${decode_root}/sweep
+    begin_stage 14 "${asr_exp}/logs" "block-size sweep ${sweep_block_sizes} with ${sweep_heads} -> ${sweep_root}"
+    require_model
+    ratio_opts=(--hop_ratio "${sweep_hop_ratio}" --look_ahead_ratio "${sweep_look_ahead_ratio}")
+    # One line per block size: its folder name and decoding options.
+    # shellcheck disable=SC2086
+    run_logged "${python}" -m dualmode_recipe sweep_geometry --block_sizes ${sweep_block_sizes} \
+        "${ratio_opts[@]}" --output "${sweep_root}/geometries"
+    mapfile -t sweep_geometries < "${sweep_root}/geometries"
+    for line in "${sweep_geometries[@]}"; do
+        read -r -a geometry <<< "${line}"
+        root=${sweep_root}/${geometry[0]}
+        log "${geometry[*]:1} -> ${root}"
+        decode_sets 14 "${root}" "${sweep_heads}" "${test_sets}" "${geometry[@]:1}"
+        measure_streaming_latency 14 "${root}/latency" "${geometry[@]:1}"
+        sig=$(scoring_signature 14 "${root}" "${sweep_heads}" "${root}/latency")
+        if ! already_done "${root}/.done_stage14" "${sig}"; then
+            score_decodings "${root}" "${sweep_heads}"
+            mark_done "${root}/.done_stage14" "${sig}"
+        fi
+    done
+    # shellcheck disable=SC2086
+    run_logged "${python}" -m dualmode_recipe sweep_report --sweep_dir "${sweep_root}" \
+        --block_sizes ${sweep_block_sizes} "${ratio_opts[@]}" --heads ${sweep_heads} \
+        --test_sets ${test_sets} --units ${score_units} --latency_set "${test_sets%% *}" \
+        --title "${asr_exp} (${inference_tag}, ${inference_asr_model})"
+    cat "${sweep_root}/sweep.md"
+fi
 log "Successfully finished stages ${stage}-${stop_stage}"

@@ -3,6 +3,13 @@
 # train_dev, test on eval1-3; characters; speed perturbation 0.9/1.0/1.1; beam 10.
 # Set CSJDATATOP/CSJVER in db.sh. Other models: --asr_config conf/train_<name>.yaml, with
 # --decode_heads "streaming" for train_st1_context_t and "rnnt" for train_nst1_conformer_t.
+# Figure 2 from one model: train with dynamic blocks (block 10-60, conf/dynamic_blocks.yaml),
+# then stage 14 decodes it at each block size (streaming and full-context RNN-T, scored,
+# RTF and emission delay) into exp/asr_<tag>/<decode dir>/sweep/sweep.{md,png}:
+#   ./run.sh --asr_config conf/train_joint_sp_ed.yaml --asr_config_overrides conf/dynamic_blocks.yaml \
+#       --sweep_block_sizes "10 20 30 40 50 60"      (likewise train_joint_mse_ed.yaml), then
+#   python -m dualmode_recipe compare --sweep --names sp-ED mse-ED --test_sets eval1 eval2 eval3 \
+#       --exp_dirs exp/asr_train_joint_{sp_ed,mse_ed}_dynamic_blocks_raw_char_sp --output_dir exp/compare_sweeps
 set -euo pipefail
 # shellcheck disable=SC1091
 . ./db.sh

@@ -3,6 +3,13 @@
 # dev (= dev_clean + dev_other), BPE 5000 (unigram), speed perturbation 0.9/1.0/1.1,
 # utterances up to 30 s, FLAC dumps, WER. Missing corpus parts are downloaded into
 # LIBRISPEECH (db.sh); point it at a local copy to skip the download.
+# Figure 2 from one model: train with dynamic blocks (block 10-60, conf/dynamic_blocks.yaml),
+# then stage 14 decodes it at each block size (streaming and full-context RNN-T, scored,
+# RTF and emission delay) into exp/asr_<tag>/<decode dir>/sweep/sweep.{md,png}:
+#   ./run.sh --asr_config conf/train_joint_sp_ed.yaml --asr_config_overrides conf/dynamic_blocks.yaml \
+#       --sweep_block_sizes "10 20 30 40 50 60"      (likewise train_joint_mse_ed.yaml), then
+#   python -m dualmode_recipe compare --sweep --names sp-ED mse-ED --test_sets test_clean test_other \
+#       --exp_dirs exp/asr_train_joint_{sp_ed,mse_ed}_dynamic_blocks_raw_bpe5000_sp --output_dir exp/compare_sweeps
 set -euo pipefail
 # shellcheck disable=SC1091
 . ./db.sh

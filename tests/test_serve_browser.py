@@ -1,0 +1,109 @@
+"""The page in headless Chromium with its fake microphone fed from a toy-corpus wav, against
+the server started by its command line (``python -m espnet2_dualmode.bin.serve``).
+
+Chromium loops the capture file; the page is opened with ``?max_seconds=`` equal to the
+file's length, so it sends exactly one loop and stops. The file is the utterance between
+0.5 s of silence on each side, so one loop holds the whole utterance wherever in the
+leading silence the capture starts. The server records the audio it received, and the
+page must show (a) the wav's expected transcript and (b) exactly what the library gives
+for the recorded audio: Speech2TextStreaming's final and Speech2Text's attention re-decode.
+The screenshot goes to ``$DUALMODE_SERVE_SCREENSHOT`` or the test's tmp dir."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from espnet2_dualmode.bin.dualmode_asr_inference_streaming import recognize
+from espnet2_dualmode.inference.offline import Speech2Text
+from espnet2_dualmode.inference.streaming import Speech2TextStreaming
+
+BEAM = 4
+
+
+def chromium_paths():
+    """(chromium, chromedriver) of Debian's packages, or a skip naming what is missing."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.skip("chromium and chromedriver binaries not found (apt-get install chromium "
+                    "chromium-driver)")
+    return browser, driver
+
+
+@pytest.fixture
+def served(toy_model, tmp_path):
+    """The server's command line on a free loopback port, recording streams to tmp_path."""
+    record, log = tmp_path / "recorded", tmp_path / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "espnet2_dualmode.bin.serve", "--asr_train_config",
+         str(toy_model["config"]), "--asr_model_file", str(toy_model["model"]), "--port", "0",
+         "--beam_size", str(BEAM), "--record_dir", str(record)],
+        stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:  # third-party import notices may come first
+            if line.startswith("serving on "):
+                break
+        else:
+            pytest.fail(f"the server exited with {proc.wait()} before serving:\n{log.read_text()[-3000:]}")
+        yield line.split()[-1], record
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_page_shows_the_transcript_of_the_fake_microphone(served, toy_model, toy_corpus, tmp_path):
+    browser, driver_path = chromium_paths()
+    url, record = served
+    key, path = toy_corpus["wav.scp"].read_text().splitlines()[0].split()
+    transcript = dict(line.split() for line in toy_corpus["text"].read_text().splitlines())[key]
+    wav = soundfile.read(path, dtype="float32")[0]
+    silence = np.zeros(8000, np.float32)
+    fake = tmp_path / "fake_mic.wav"
+    soundfile.write(fake, np.concatenate([silence, wav, silence]), 16000, subtype="PCM_16")
+    seconds = (wav.size + 2 * silence.size) / 16000
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--window-size=1000,700",
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={fake}"):
+        options.add_argument(arg)
+    chrome = webdriver.Chrome(options=options, service=Service(driver_path))
+    try:
+        chrome.get(f"{url}?max_seconds={seconds}")
+        chrome.find_element(By.ID, "mic").click()
+        WebDriverWait(chrome, 30).until(
+            lambda d: d.execute_script("return document.body.dataset.offline === '1' "
+                                       "|| document.getElementById('error').textContent !== ''"))
+        shot = Path(os.environ.get("DUALMODE_SERVE_SCREENSHOT", tmp_path / "serve_page.png"))
+        chrome.save_screenshot(str(shot))
+        error = chrome.find_element(By.ID, "error").text
+        final = chrome.find_element(By.ID, "segments").get_attribute("data-text")
+        offline = chrome.find_element(By.ID, "offline").get_attribute("data-text")
+        segments = chrome.find_element(By.ID, "segments").text
+        session = chrome.execute_script("return document.body.dataset.session")
+    finally:
+        chrome.quit()
+    assert error == ""
+    sent = soundfile.read(record / f"{session}.wav", dtype="float32")[0]
+    assert sent.size == round(seconds * 16000)  # exactly one loop of the file
+
+    streaming = Speech2TextStreaming(toy_model["config"], toy_model["model"], beam_size=BEAM)
+    assert recognize(streaming, wav, 0)[0].text == transcript  # the wav's expected transcript
+    assert final == transcript
+    assert final == recognize(streaming, sent, 0)[0].text
+    assert transcript in segments and f"0.00-{seconds:.2f} s" in segments
+    attention = Speech2Text(toy_model["config"], toy_model["model"], decode_head="attention",
+                            beam_size=BEAM)
+    assert offline == attention([sent])[0][0].text == transcript
