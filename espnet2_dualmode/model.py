@@ -525,6 +525,12 @@ class DualModeASRModel(AbsESPnetModel):
         padding and adds nothing to the loss (ESPnet's ``mask_uniform`` cannot sample from it).
         """
         keep = text_lengths > 0
+        if not bool(keep.any()):  # host: one flag per batch
+            # nothing to predict; the decoder still runs (on one mask token per row) so that
+            # every parameter takes part in the step, as DDP expects
+            ys_in = text.new_full((text.size(0), 1), self.mask_token)
+            logits, _ = self.mlm_decoder(enc_out, enc_lens, ys_in, torch.ones_like(text_lengths))
+            return logits.sum() * 0.0, torch.tensor(float("nan"), device=logits.device)
         if bool(keep.all()):  # host: one flag per batch
             ys_in, ys_out = mask_uniform(text, self.mask_token, self.eos, self.ignore_id)
         else:

@@ -390,3 +390,19 @@ def test_collate_keeps_empty_transcripts_when_asked():
     ])
     assert ids == ["utt_good", "utt_empty"] and out["text_lengths"].tolist() == [2, 0]
     assert not collate.skipped
+
+
+@pytest.mark.parametrize("rnnt_loss_type", ["full", "pruned"])
+def test_a_batch_of_only_empty_transcripts_trains_every_parameter(token_list, rnnt_loss_type):
+    """A batch drawn only from silence/noise clips: finite losses, the MLM term is 0, and
+    every parameter still gets a (finite) gradient, as DDP without unused_parameters needs."""
+    model = build(DEBUG["joint_sp_ed"], token_list, rnnt_loss_type=rnnt_loss_type,
+                  pruned_s_range=3)
+    speech, lengths, _, _ = batch()
+    text = torch.zeros(3, 0, dtype=torch.long)
+    loss, stats, _ = model(speech, lengths, text, torch.zeros(3, dtype=torch.long))
+    assert float(stats["loss_mlm"]) == 0.0
+    assert all(torch.isfinite(v) for k, v in stats.items() if k != "acc_mlm"), stats
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
