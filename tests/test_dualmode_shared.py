@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from espnet2_dualmode.bin.dualmode_asr_inference_streaming import recognize
 from espnet2_dualmode.encoders.dualmode_conformer import NORMS, DualModeConformerEncoder
 from espnet2_dualmode.inference.offline import Speech2Text
-from espnet2_dualmode.inference.streaming import Speech2TextStreaming
 from espnet2_dualmode.model_shared import inplace_kd_loss
 from espnet2_dualmode.tasks.dualmode_asr import DualModeASRTask
-from test_inference import corpus_items
+from test_inference import assert_streaming_equals_offline_head, corpus_items
 from tiny_corpus import overfit_toy_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,18 +286,8 @@ def test_both_modes_recognise_the_training_targets(toy_shared_model, toy_corpus,
 
 
 def test_streaming_recognition_equals_the_offline_streaming_head(toy_shared_model, toy_corpus):
-    config, weights = toy_shared_model["config"], toy_shared_model["model"]
-    offline = Speech2Text(config, weights, decode_head="streaming_rnnt", beam_size=4, nbest=2)
-    stream = Speech2TextStreaming(config, weights, beam_size=4, nbest=2)
-    wavs, refs = corpus_items(toy_corpus)
-    for key, wav in wavs.items():
-        want = offline([wav])[0]
-        for chunk in (160, 1000, 4000, wav.size):
-            got = recognize(stream, wav, chunk)
-            assert [r.token_ids for r in got] == [r.token_ids for r in want], (key, chunk)
-            assert got[0].text == refs[key]
-            assert got[0].timestamps == want[0].timestamps
-            assert got[0].score == pytest.approx(want[0].score, abs=1e-3)
+    stream = assert_streaming_equals_offline_head(toy_shared_model["config"],
+                                                  toy_shared_model["model"], toy_corpus)
     view = stream.model.stream_encoder
     assert view.select_geometry() == (1, 1, 0)
     with pytest.raises(ValueError, match="streams in chunks"):

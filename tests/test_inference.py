@@ -37,10 +37,15 @@ def test_each_head_recognises_the_training_targets(toy_model, toy_corpus, head):
 
 
 def test_streaming_is_chunking_invariant_and_equals_offline_streaming_head(toy_model, toy_corpus):
-    offline = Speech2Text(toy_model["config"], toy_model["model"], decode_head="streaming_rnnt",
-                          beam_size=4, nbest=2)
-    stream = Speech2TextStreaming(toy_model["config"], toy_model["model"], beam_size=4, nbest=2)
-    wavs, refs = corpus_items(toy_corpus)
+    assert_streaming_equals_offline_head(toy_model["config"], toy_model["model"], toy_corpus)
+
+
+def assert_streaming_equals_offline_head(config, weights, corpus) -> Speech2TextStreaming:
+    """Streaming in chunks of 160, 1000, 4000 samples and the whole file gives the n-best,
+    timestamps and score of ``--decode_head streaming_rnnt``, and the reference text."""
+    offline = Speech2Text(config, weights, decode_head="streaming_rnnt", beam_size=4, nbest=2)
+    stream = Speech2TextStreaming(config, weights, beam_size=4, nbest=2)
+    wavs, refs = corpus_items(corpus)
     for key, wav in wavs.items():
         want = offline([wav])[0]
         for chunk in (160, 1000, 4000, wav.size):
@@ -49,6 +54,7 @@ def test_streaming_is_chunking_invariant_and_equals_offline_streaming_head(toy_m
             assert got[0].text == refs[key]
             assert got[0].timestamps == want[0].timestamps
             assert got[0].score == pytest.approx(want[0].score, abs=1e-3)
+    return stream
 
 
 def test_streaming_features_equal_the_offline_frontend(toy_model, toy_corpus):
