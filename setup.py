@@ -33,7 +33,7 @@ setup(
     package_data={"espnet2_dualmode.serving": ["static/*"]},  # the browser page
     extras_require={
         # selenium drives Debian's chromium + chromium-driver in tests/test_serve_browser.py
-        "test": ["pytest", "selenium>=4.11"],
+        "test": ["pytest", "pytest-xdist", "selenium>=4.11"],
         # warp-rnnt builds only where a CUDA GPU is visible at install time.
         "cuda": ["warp-rnnt==0.7.0"],
     },

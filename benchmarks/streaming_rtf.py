@@ -15,7 +15,14 @@ joint network's outputs are (``--search``):
   planted encoder frames, as many per chunk as the streaming encoder emits; a quarter of
   the frames carry a token (about 6 characters per second).
 
+``--model dualmode_shared`` times the shared-weights Dual-mode model's streaming mode
+(conf/paper/dualmode_shared.yaml: 12 layers, d=256, left context only) instead: its encoder
+carries keys/values and convolution state from frame to frame (exact for that model). The
+contextual-block encoder recomputes each block's overlap instead, because an overlapping
+frame's hidden state depends on the block it is computed in (README, "Serving").
+
     python benchmarks/streaming_rtf.py [--seconds 20] [--beam 10] [--search random]
+        [--model joint_sp_ed|dualmode_shared]
 """
 
 from __future__ import annotations
@@ -40,10 +47,12 @@ def main() -> None:
     p.add_argument("--beam", type=int, default=10)
     p.add_argument("--chunk", type=int, default=640)
     p.add_argument("--search", choices=("structured", "random"), default="structured")
+    p.add_argument("--model", choices=("joint_sp_ed", "dualmode_shared"), default="joint_sp_ed",
+                   help="paper config whose streaming path is timed")
     a = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model, _ = build_paper_model("joint_sp_ed")
+    model, _ = build_paper_model(a.model)
     model.eval()
     wav = 0.1 * torch.randn(int(16000 * a.seconds))
     features = StreamingFeatures(model.frontend)

@@ -19,21 +19,30 @@ the paper numbers them ST1, ST2, ... and NST1, NST2, ... in order.
   e.g. a dynamic-block sp-ED model against a dynamic-block mse-ED one.
 
 Error rates are the unrounded ``err_rate`` of the score records, shown with 2 decimals as
-in the paper (RESULTS.md shows sclite's 1-decimal rounding of the same counts).
+in the paper (RESULTS.md shows sclite's 1-decimal rounding of the same counts). Every row
+also gives the model's parameters (counted on the model that ``config.yaml`` builds) and,
+for streaming rows, the latency that stage 13 measured (``<decode dir>/latency/latency.json``):
+Latency@50/@90 (last token after the end of speech, Dual-mode ASR's metric; only where the
+corpus knows where its speech ends) and the per-token emission delay P50/P90.
+
+The shared-weights Dual-mode model (``model: shared``) has both modes in one encoder: its
+streaming row is head ``streaming`` and its full-context row ``--offline_head``, as for the
+cascade; its distillation is ``in-place KD`` (``model_conf.inplace_kd_weight`` > 0).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
 from dualmode_recipe.config import config_value
-from dualmode_recipe.results import TITLE, read_error_rate
+from dualmode_recipe.results import SEGMENT_LATENCY_KEYS, TITLE, read_error_rate, read_latency
 from dualmode_recipe.sweep import (
     LATENCY_DEFINITION,
     SWEEP_JSON,
@@ -51,6 +60,8 @@ OFFLINE = "offline"
 ROW_PREFIX = {STREAMING: "ST", OFFLINE: "NST"}
 MODE_NAME = {STREAMING: "streaming", OFFLINE: "full context"}
 NO_DISTILLATION = "none"
+INPLACE_KD = "in-place KD"
+NOT_MEASURED = "–"
 
 
 @dataclass(frozen=True)
@@ -63,12 +74,16 @@ class Score:
 
 @dataclass(frozen=True)
 class Experiment:
-    """A scored experiment: its name, folder, training config and scores per mode and set."""
+    """A scored experiment: its name, folder, training config, scores per mode and set,
+    parameters and the streaming mode's latency figures (``latency.json``; empty when stage 13
+    did not measure it)."""
 
     name: str
     exp_dir: Path
     config: Mapping[str, Any]
     scores: Mapping[Tuple[str, str], Score]
+    params: int = 0
+    latency: Mapping[str, float] = field(default_factory=dict)
 
     def modes(self) -> List[str]:
         """The modes scored for this experiment, streaming first."""
@@ -77,23 +92,48 @@ class Experiment:
 
 @dataclass(frozen=True)
 class Row:
-    """One table row: mode, label and the error rate of each test set."""
+    """One table row: mode, label, the error rate of each test set, and the experiment it
+    comes from (parameters and latency)."""
 
     mode: str
     label: str
     scores: Mapping[str, Score]
+    experiment: Optional[Experiment] = None
 
 
 def distillation_method(config: Mapping[str, Any]) -> str:
     """The paper's name of a config's distillation: ``sp-ED``, ``mse-ED``, ``sp-DD``,
     both joined by ``+``, or :data:`NO_DISTILLATION`."""
     model_conf = config.get("model_conf") or {}
+    if is_shared_weights(config):
+        return INPLACE_KD if float(model_conf.get("inplace_kd_weight", 0)) > 0 else NO_DISTILLATION
     parts = []
     if model_conf.get("encoder_distill"):
         parts.append(f"{model_conf['encoder_distill']}-ED")
     if model_conf.get("decoder_distill"):
         parts.append(f"{model_conf['decoder_distill']}-DD")
     return " + ".join(parts) or NO_DISTILLATION
+
+
+def is_shared_weights(config: Mapping[str, Any]) -> bool:
+    """A Dual-mode model with shared weights: one encoder that runs both modes."""
+    return config.get("model") == "shared"
+
+
+def count_parameters(config: Mapping[str, Any]) -> int:
+    """Parameters of the model ``config`` (a training ``config.yaml``) builds, counted on the
+    meta device (no weights allocated, no checkpoint needed). The normalisation layer holds
+    no parameters and its statistics file is a recipe-relative path, so it is left out."""
+    import argparse
+
+    import torch
+
+    from espnet2_dualmode.tasks.dualmode_asr import DualModeASRTask
+
+    args = argparse.Namespace(**{**config, "normalize": None, "normalize_conf": {}})
+    with torch.device("meta"):
+        model = DualModeASRTask.build_model(args)
+    return sum(p.numel() for p in model.parameters())
 
 
 def find_decode_dir(exp_dir: Path, heads: Sequence[str]) -> Path:
@@ -144,7 +184,7 @@ def load_experiment(exp_dir: str | os.PathLike, name: str, test_sets: Sequence[s
     heads = {}
     if config.get("stream_encoder"):
         heads[STREAMING] = "streaming"
-    if config.get("full_encoder"):
+    if config.get("full_encoder") or is_shared_weights(config):
         heads[OFFLINE] = offline_head
     if not heads:
         raise ValueError(f"experiment {name}: {config_file} has neither a stream_encoder "
@@ -165,22 +205,42 @@ def load_experiment(exp_dir: str | os.PathLike, name: str, test_sets: Sequence[s
                 scores[mode, test_set] = Score(*read_error_rate(path, unit))
             except ValueError as err:
                 raise ValueError(f"experiment {name}: {err}") from None
+    latency_file = decode_dir / "latency" / "latency.json"
+    try:
+        latency = read_latency(latency_file) if latency_file.is_file() else {}
+    except ValueError as err:
+        raise ValueError(f"experiment {name}: {err}") from None
     logger.info("experiment %s: %s, %s", name, decode_dir,
                 " and ".join(f"{MODE_NAME[m]} ({h})" for m, h in heads.items()))
-    return Experiment(name, root, config, scores)
+    return Experiment(name, root, config, scores, count_parameters(config), latency)
 
 
 def experiment_rows(experiments: Sequence[Experiment], test_sets: Sequence[str],
                     labels: Optional[Sequence[str]] = None) -> List[Row]:
     """The rows of ``experiments`` (labelled by name, or by ``labels``), streaming first."""
     labels = labels or [e.name for e in experiments]
-    return [Row(mode, label, {s: e.scores[mode, s] for s in test_sets})
+    return [Row(mode, label, {s: e.scores[mode, s] for s in test_sets}, e)
             for mode in (STREAMING, OFFLINE)
             for e, label in zip(experiments, labels) if mode in e.modes()]
 
 
 def _rel(base: float, value: float) -> str:
     return "n/a" if base == 0 else f"{(base - value) / base * 100:.2f}"
+
+
+def model_cells(row: Row) -> List[str]:
+    """The row's parameters (M), Latency@50/@90 and token delay P50/P90 (ms) cells;
+    latency only for streaming rows that stage 13 measured (:data:`NOT_MEASURED` else), the
+    token delay only where the model had a CTC head to align tokens with (not NaN)."""
+    e = row.experiment
+    if e is None:
+        return [NOT_MEASURED] * 3
+    lat = e.latency if row.mode == STREAMING else {}
+    at = (f"{lat['latency_at50_ms']:.0f} / {lat['latency_at90_ms']:.0f}"
+          if all(k in lat for k in SEGMENT_LATENCY_KEYS) else NOT_MEASURED)
+    delay = (f"{lat['emission_delay_p50_ms']:.0f} / {lat['emission_delay_p90_ms']:.0f}"
+             if lat and not math.isnan(lat["emission_delay_p50_ms"]) else NOT_MEASURED)
+    return [f"{e.params / 1e6:.2f}", at, delay]
 
 
 def comparison_table(rows: Sequence[Row], test_sets: Sequence[str], unit: str,
@@ -213,9 +273,12 @@ def comparison_table(rows: Sequence[Row], test_sets: Sequence[str], unit: str,
     caption = "; ".join(f"{MODE_NAME[m]} rows against {ids[i]} ({ordered[i].label})"
                         for m, i in base.items())
     lines = [f"{TITLE[unit]} (%): abs. and rel.(%) = (baseline - abs.) / baseline x 100; "
-             f"{caption}.", "",
-             "|row|experiment|" + "".join(f"{s} abs.|{s} rel.(%)|" for s in test_sets),
-             "|---|---|" + "---|---|" * len(test_sets)]
+             f"{caption}. Params: the whole model. Latency@50/@90: the last token's emission "
+             f"after the end of speech; token delay: each token's emission after the end of "
+             f"its speech (streaming rows, from stage 13's latency.json).", "",
+             "|row|experiment|" + "".join(f"{s} abs.|{s} rel.(%)|" for s in test_sets)
+             + "params (M)|Latency@50 / @90 (ms)|token delay P50 / P90 (ms)|",
+             "|---|---|" + "---|---|" * len(test_sets) + "---|---|---|"]
     for i, r in enumerate(ordered):
         baseline = ordered[base[r.mode]]
         cells = []
@@ -225,18 +288,18 @@ def comparison_table(rows: Sequence[Row], test_sets: Sequence[str], unit: str,
             rel = "" if i == base[r.mode] else _rel(baseline.scores[s].rate, score.rate)
             cells += [f"{score.rate:.2f}{failed}", rel]
         label = r.label.replace("|", "\\|")  # a name must not split the Markdown row
-        lines.append(f"|{ids[i]}|{label}|" + "|".join(cells) + "|")
+        lines.append(f"|{ids[i]}|{label}|" + "|".join(cells + model_cells(r)) + "|")
     return "\n".join(lines) + "\n"
 
 
 def block_size(experiment: Experiment) -> Optional[int]:
-    """The streaming encoder's block size in ``config.yaml`` (None: no streaming encoder).
+    """The streaming encoder's block size in ``config.yaml`` (None: no block encoder).
 
     Raises:
         ValueError: a streaming encoder whose config does not set ``block_size``.
     """
-    if not experiment.config.get("stream_encoder"):
-        return None
+    if not experiment.config.get("stream_encoder") or is_shared_weights(experiment.config):
+        return None  # no blocks: the shared-weights encoder streams frame by frame
     try:
         return int(config_value(experiment.config, "stream_encoder_conf.block_size"))
     except KeyError:
@@ -263,8 +326,9 @@ def comparison_markdown(experiments: Sequence[Experiment], test_sets: Sequence[s
              "## Table 1 layout: experiments\n",
              comparison_table(experiment_rows(experiments, test_sets), test_sets, unit, baselines),
              f"## Table 2 layout: distillation methods at block size {table2_block_size}\n"]
+    # A shared-weights model has no blocks: its in-place KD joins the cascade's methods.
     chosen = [e for e in experiments if distillation_method(e.config) != NO_DISTILLATION
-              and block_size(e) == table2_block_size]
+              and (block_size(e) == table2_block_size or is_shared_weights(e.config))]
     if not chosen:
         parts.append(f"No experiment with distillation has block size {table2_block_size}.\n")
         return "\n".join(parts)

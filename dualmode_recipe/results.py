@@ -11,6 +11,7 @@ scored as empty hypotheses and their number is shown in the cell.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -121,11 +122,13 @@ def results_markdown(decode_dir: str | os.PathLike, heads: Sequence[str],
     if latency_file.is_file():
         lat = read_latency(latency_file)
         where = f" on {latency_set}" if latency_set else ""
+        delay = ("emission delay not measured (no full-context CTC head to align tokens with)"
+                 if math.isnan(lat["emission_delay_p50_ms"]) else
+                 f"emission delay P50 {lat['emission_delay_p50_ms']:.0f} ms / P90 "
+                 f"{lat['emission_delay_p90_ms']:.0f} ms (per token, against the model's own "
+                 f"CTC alignment)")
         lines.append(f"Latency (streaming{where}): RTF {lat['rtf']:.3f}, algorithmic "
-                     f"latency {lat['algorithmic_latency_ms']:.0f} ms, emission delay P50 "
-                     f"{lat['emission_delay_p50_ms']:.0f} ms / P90 "
-                     f"{lat['emission_delay_p90_ms']:.0f} ms (per token, against the model's "
-                     f"own CTC alignment)\n")
+                     f"latency {lat['algorithmic_latency_ms']:.0f} ms, {delay}\n")
         if all(k in lat for k in SEGMENT_LATENCY_KEYS):
             lines.append(f"Against the synthesis timing: Latency@50 {lat['latency_at50_ms']:.0f} ms / "
                          f"@90 {lat['latency_at90_ms']:.0f} ms (last token after the end of "

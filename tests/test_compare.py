@@ -146,6 +146,35 @@ def test_merge_config_merges_nested_keys_one_by_one(tmp_path):
     assert f"{paths[1]}: conf is a int here but a dict" in str(err.value.code)
 
 
+DUALMODE_GRID = ROOT / "conf" / "paper" / "dualmode"
+
+
+@pytest.mark.parametrize("override, key, value", [("fastemit", "fastemit_lambda", 0.005),
+                                                  ("no_inplace_kd", "inplace_kd_weight", 0.0)])
+def test_dualmode_grid_overrides_change_one_key_and_are_linked(override, key, value, token_list,
+                                                               tmp_path):
+    """Each override of the Dual-mode grid, merged onto the paper's dualmode_shared.yaml as
+    --asr_config_overrides does, builds the paper-size model with that one setting changed
+    and nothing else; the CSJ, LibriSpeech-100 and demo recipes link it."""
+    paper_file = ROOT / "conf" / "paper" / "dualmode_shared.yaml"
+    merged = tmp_path / f"dualmode_shared_{override}.yaml"
+    recipe_main(["merge_config", "--config", str(paper_file), "--output", str(merged),
+                 str(DUALMODE_GRID / f"{override}.yaml")])
+    stats = tmp_path / "feats_stats.npz"
+    np.savez(stats, count=np.array(100.0), sum=np.zeros(80), sum_square=np.full(80, 100.0))
+    args = parse_args(merged, token_list, "--normalize_conf", f"stats_file={stats}")
+    with torch.device("meta"):  # paper size: the modules without allocated weights
+        model = DualModeASRTask.build_model(args)
+    assert getattr(model, key) == value
+    changed, paper = yaml.safe_load(merged.read_text()), yaml.safe_load(paper_file.read_text())
+    assert changed["model_conf"].pop(key) == value and paper["model_conf"].pop(key, None) != value
+    assert changed == paper
+    for corpus in ("csj", "librispeech_100", "demo_ja"):
+        link = ROOT / "egs2" / corpus / "asr1" / "conf" / f"{override}.yaml"
+        assert link.is_symlink() and not os.path.isabs(os.readlink(link)), corpus
+        assert link.resolve() == (DUALMODE_GRID / f"{override}.yaml").resolve(), corpus
+
+
 # ---------------------------------------------------------------------------------------
 # Scored experiments, as stages 11-13 leave them
 # ---------------------------------------------------------------------------------------
@@ -167,14 +196,16 @@ def write_text(path: Path, texts: dict) -> None:
 
 
 def make_experiment(root: Path, tag: str, debug_config: str, block, token_list: Path,
-                    errors: dict, drop: dict = None) -> Path:
+                    errors: dict, drop: dict = None, *options: str) -> Path:
     """``root/exp/asr_<tag>`` with config.yaml (the debug config, with ``block`` as the
-    streaming block size unless None) and stage-13 scores of ``errors``:
-    ``{head: {set: substitutions}}``; ``drop``: ``{(head, set): utterances not decoded}``."""
+    streaming block size unless None, and training ``options``) and stage-13 scores of
+    ``errors``: ``{head: {set: substitutions}}``; ``drop``: ``{(head, set): utterances not
+    decoded}``."""
     exp = root / "exp" / f"asr_{tag}"
     (exp / "logs").mkdir(parents=True)
     block_opts = [] if block is None else ["--stream_encoder_conf", f"block_size={block}"]
-    args = parse_args(ROOT / "conf" / "debug" / f"{debug_config}.yaml", token_list, *block_opts)
+    args = parse_args(ROOT / "conf" / "debug" / f"{debug_config}.yaml", token_list, *block_opts,
+                      *options)
     with open(exp / "config.yaml", "w", encoding="utf-8") as f:
         yaml_no_alias_safe_dump(vars(args), f, indent=4, sort_keys=False)
     for head, per_set in errors.items():
@@ -235,6 +266,15 @@ def section(text: str, heading: str) -> str:
     return text.split(heading, 1)[1].split("\n## ", 1)[0]
 
 
+def table_rows(table: str, model_cells: bool = False) -> list:
+    """The ST/NST rows of a table: their score cells, or (``model_cells``) a tuple per row of
+    its id, label and parameters, Latency@50/@90 and token delay cells."""
+    rows = [ln for ln in table.splitlines() if re.match(r"\|N?ST\d", ln)]
+    if model_cells:
+        return [tuple(ln.split("|")[1:3] + ln.split("|")[-4:-1]) for ln in rows]
+    return ["|".join(ln.split("|")[:-4]) + "|" for ln in rows]
+
+
 def test_tables_and_figure_from_scored_experiments(grid_exps, tmp_path, capsys):
     import matplotlib.image
 
@@ -255,7 +295,7 @@ def test_tables_and_figure_from_scored_experiments(grid_exps, tmp_path, capsys):
     expected += [row("NST1", "mse8", errs["mse8"]["rnnt"])]
     expected += [row(f"NST{i}", n, errs[n]["rnnt"], errs["mse8"]["rnnt"])
                  for i, n in enumerate(order[1:], 2)]
-    assert [ln for ln in table1.splitlines() if re.match(r"\|N?ST\d", ln)] == expected
+    assert table_rows(table1) == expected
     assert "|row|experiment|dev abs.|dev rel.(%)|test abs.|test rel.(%)|" in table1
     assert "streaming rows against ST1 (mse8); full context rows against NST1 (mse8)" in table1
     # A spot check written out: sp8 streaming on dev, 2 vs 3 errors in 15 -> 33.33 %.
@@ -263,7 +303,7 @@ def test_tables_and_figure_from_scored_experiments(grid_exps, tmp_path, capsys):
 
     # Table 2 layout: block-8 experiments, rows labelled by method, mse-ED as baseline.
     table2 = section(text, "## Table 2 layout: distillation methods at block size 8")
-    assert [ln for ln in table2.splitlines() if re.match(r"\|N?ST\d", ln)] == [
+    assert table_rows(table2) == [
         row("ST1", "mse-ED", errs["mse8"]["streaming"]),
         row("ST2", "sp-ED", errs["sp8"]["streaming"], errs["mse8"]["streaming"]),
         row("NST1", "mse-ED", errs["mse8"]["rnnt"]),
@@ -319,7 +359,7 @@ def test_table1_baselines_per_mode_and_failed_utterances(table1_exps, tmp_path):
     # Joint streaming on test: 1 substitution in u1 + 10 deletions of the lost u2.
     joint_test = rate(11)
     rel = (rate(2) - joint_test) / rate(2) * 100
-    assert [ln for ln in table1.splitlines() if re.match(r"\|N?ST\d", ln)] == [
+    assert table_rows(table1) == [
         row("ST1", "Context-T", {"dev": 3, "test": 2}),
         f"|ST2|Joint|{rate(2):.2f}|{(rate(3) - rate(2)) / rate(3) * 100:.2f}|"
         f"{joint_test:.2f} (1 failed)|{rel:.2f}|",
@@ -327,6 +367,59 @@ def test_table1_baselines_per_mode_and_failed_utterances(table1_exps, tmp_path):
         row("NST2", "Joint", {"dev": 1, "test": 1}, {"dev": 2, "test": 3})]
     assert "No experiment with distillation has block size 40." in section(
         text, "## Table 2 layout")
+
+
+def test_dual_mode_variant_next_to_the_cascade_with_params_and_latency(token_list, tmp_path):
+    """A shared-weights Dual-mode model gives a streaming and a full-context row; every row
+    has the model's parameters (the same count as the built model's), streaming rows the
+    Latency@50/@90 and token delay of their latency.json (a dash for a delay that could not
+    be measured: NaN); in-place KD joins Table 2."""
+    root = tmp_path / "recipe"
+    scored = {"streaming": {"dev": 2, "test": 3}, "rnnt": {"dev": 1, "test": 1}}
+    exps = {
+        "cascade": make_experiment(root, "cascade", "joint_sp_ed", 8, token_list, scored),
+        "dual": make_experiment(root, "dual", "dualmode_shared", None, token_list, scored),
+        "dual_nokd": make_experiment(root, "dual_nokd", "dualmode_shared", None, token_list,
+                                     scored, None, "--model_conf", "inplace_kd_weight=0"),
+    }
+    timing = {"cascade": (570.4, 705.0, 256.0, 1196.0), "dual": (-12.0, 88.6, 101.0, 300.0),
+              "dual_nokd": (-5.0, 40.0, float("nan"), float("nan"))}  # no CTC to align with
+    for name, (at50, at90, p50, p90) in timing.items():
+        record = {"rtf": 0.1, "algorithmic_latency_ms": 800.0, "emission_delay_p50_ms": p50,
+                  "emission_delay_p90_ms": p90, "latency_at50_ms": at50, "latency_at90_ms": at90,
+                  "first_token_delay_p50_ms": 1.0, "first_token_delay_p90_ms": 2.0,
+                  "last_token_delay_p50_ms": 3.0, "last_token_delay_p90_ms": 4.0}
+        folder = exps[name] / INFERENCE_TAG / "latency"
+        folder.mkdir()
+        (folder / "latency.json").write_text(json.dumps(record))
+    from dualmode_recipe.compare import load_experiment
+
+    params = {}
+    for name, (conf, block) in {"cascade": ("joint_sp_ed", ["--stream_encoder_conf", "block_size=8"]),
+                                "dual": ("dualmode_shared", []),
+                                "dual_nokd": ("dualmode_shared", [])}.items():
+        # the reference: the model built as training builds it, weights allocated
+        model = DualModeASRTask.build_model(parse_args(ROOT / "conf" / "debug" / f"{conf}.yaml",
+                                                       token_list, *block))
+        count = sum(p.numel() for p in model.parameters())
+        assert load_experiment(exps[name], name, ["dev", "test"], "char").params == count > 0
+        params[name] = f"{count / 1e6:.2f}"
+
+    out = tmp_path / "cmp"
+    compare_main(["--exp_dirs", *(str(exps[n]) for n in exps), "--test_sets", "dev", "test",
+                  "--output_dir", str(out), "--table2_block_size", "8"])
+    text = (out / "comparison.md").read_text(encoding="utf-8")
+    dash = "–"
+    assert table_rows(section(text, "## Table 1 layout"), model_cells=True) == [
+        ("ST1", "cascade", params["cascade"], "570 / 705", "256 / 1196"),
+        ("ST2", "dual", params["dual"], "-12 / 89", "101 / 300"),
+        ("ST3", "dual_nokd", params["dual_nokd"], "-5 / 40", dash),
+        ("NST1", "cascade", params["cascade"], dash, dash),
+        ("NST2", "dual", params["dual"], dash, dash),
+        ("NST3", "dual_nokd", params["dual_nokd"], dash, dash)]
+    table2 = section(text, "## Table 2 layout")
+    assert [r[:2] for r in table_rows(table2, model_cells=True)] == [
+        ("ST1", "sp-ED"), ("ST2", "in-place KD"), ("NST1", "sp-ED"), ("NST2", "in-place KD")]
 
 
 def test_errors_name_the_experiment_and_file(table1_exps, grid_exps, tmp_path):

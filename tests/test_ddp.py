@@ -35,7 +35,7 @@ CONFIG = ROOT / "conf" / "debug" / "joint_sp_ed.yaml"
 TRAIN = [sys.executable, "-m", "espnet2_dualmode.bin.dualmode_asr_train"]
 # Both ranks must have exited by then; a hang never ends. Two ESPnet start-ups take most of
 # it: the 2-rank runs below took 50 s alone and 70-78 s on a loaded 2-core machine.
-TIMEOUT_S = 180
+TIMEOUT_S = 600  # a hang guard: two ranks may share a loaded CI machine's cores with the other xdist worker
 VOCAB = 11  # tiny_corpus's token list
 
 

@@ -3,6 +3,7 @@ invariance, causality, causal convolution, per-mode norms), its incremental stre
 the in-place KD term against a float64 loop, a training step through the task, and streaming
 recognition through the unchanged inference code."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from espnet2_dualmode.inference.offline import Speech2Text
 from espnet2_dualmode.model_shared import inplace_kd_loss
 from espnet2_dualmode.tasks.dualmode_asr import DualModeASRTask
 from test_inference import assert_streaming_equals_offline_head, corpus_items
+from test_latency_metric import measure_with_segments
 from tiny_corpus import overfit_toy_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,3 +294,19 @@ def test_streaming_recognition_equals_the_offline_streaming_head(toy_shared_mode
     assert view.select_geometry() == (1, 1, 0)
     with pytest.raises(ValueError, match="streams in chunks"):
         view.select_geometry(block_size=4, hop_size=2)
+
+
+def test_latency_without_a_ctc_head_measures_latency_at_percentiles(toy_shared_model, toy_corpus,
+                                                                    tmp_path):
+    """The shared-weights model has no full-context CTC head to align tokens with: the
+    per-token emission delay is NaN (said in the log), while RTF and Latency@50/@90 against
+    the speech segments are measured for every utterance."""
+    result, run, durations, _ = measure_with_segments(toy_shared_model, toy_corpus, tmp_path)
+    assert result["utterances"] == len(durations) and result["failed"] == 0
+    assert result["tokens"] == 0 and math.isnan(result["emission_delay_p50_ms"])
+    assert "no full-context CTC head to align with" in run.stderr
+    assert result["latency_utterances"] == len(durations) - 1
+    longest = 1000 * max(durations.values())
+    assert -longest < result["latency_at50_ms"] <= result["latency_at90_ms"]
+    assert result["latency_at90_ms"] < result["algorithmic_latency_ms"] + longest
+    assert result["rtf"] > 0

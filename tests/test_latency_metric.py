@@ -94,22 +94,29 @@ def run_latency(*args) -> subprocess.CompletedProcess:
                            *map(str, args)], capture_output=True, text=True)
 
 
-def test_measure_latency_with_speech_segments(toy_model, toy_corpus, tmp_path: Path) -> None:
-    """End to end on the tiny debug model: every utterance but one has a segment line."""
+def measure_with_segments(model: dict, toy_corpus: dict, tmp_path: Path):
+    """measure_latency on the toy corpus, every utterance but the first with a segment line
+    (speech = the whole file); returns (latency.json, the run, durations, segment file)."""
     durations = {}
     for line in toy_corpus["wav.scp"].read_text().splitlines():
         key, path = line.split()
         durations[key] = soundfile.info(path).duration
-    keys = sorted(durations)
     segments = tmp_path / "speech_segments"
-    segments.write_text("".join(f"{k} 0 {durations[k]:.4f}\n" for k in keys[1:]))
+    segments.write_text("".join(f"{k} 0 {durations[k]:.4f}\n" for k in sorted(durations)[1:]))
     out = tmp_path / "latency"
-    r = run_latency("--asr_train_config", toy_model["config"], "--asr_model_file",
-                    toy_model["model"], "--data_path_and_name_and_type",
+    r = run_latency("--asr_train_config", model["config"], "--asr_model_file",
+                    model["model"], "--data_path_and_name_and_type",
                     f"{toy_corpus['wav.scp']},speech,sound", "--output_dir", out,
                     "--beam_size", "4", "--speech_segments", segments)
     assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads((out / "latency.json").read_text())
+    return json.loads((out / "latency.json").read_text()), r, durations, segments
+
+
+def test_measure_latency_with_speech_segments(toy_model, toy_corpus, tmp_path: Path) -> None:
+    """End to end on the tiny debug model: every utterance but one has a segment line."""
+    result, r, durations, segments = measure_with_segments(toy_model, toy_corpus, tmp_path)
+    out = tmp_path / "latency"
+    keys = sorted(durations)
     assert result["utterances"] == len(keys) and result["failed"] == 0
     assert (result["latency_utterances"], result["latency_no_segment"],
             result["latency_empty_hypothesis"]) == (len(keys) - 1, 1, 0)

@@ -30,7 +30,7 @@ E2E = COMMON + ["--tag", "e2e", "--asr_args", "--max_epoch 1"]
 def demo(tmp_path_factory):
     """The demo recipe after stages 1-13 (tiny corpus: 24/4/4 utterances)."""
     recipe = make_recipe("demo_ja", tmp_path_factory.mktemp("demo"))
-    result = run_recipe(recipe, E2E, timeout=900)
+    result = run_recipe(recipe, E2E, timeout=1800)
     assert result.returncode == 0, result.stdout[-6000:]
     return recipe, result.stdout
 
@@ -195,7 +195,7 @@ def test_comparison_of_two_recipe_runs(demo, tmp_path: Path) -> None:
         "--asr_config", str(base), "--asr_config_overrides", str(override),
         "--asr_args", "--max_epoch 1", "--decode_heads", "streaming rnnt", "--stage", "10",
         "--measure_latency", "false"]
-    second = run_recipe(recipe, second_args, timeout=900)
+    second = run_recipe(recipe, second_args, timeout=1800)
     assert second.returncode == 0, second.stdout[-4000:]
     # The default tag names the override; training read the merged config.
     exp_mse = recipe / "exp" / "asr_joint_mse_ed_block12_raw_char_max_epoch1"

@@ -355,6 +355,17 @@ def test_results_table(tmp_path: Path) -> None:
                           "exp/asr_x", latency_set="eval1")
     assert ("Latency@50 -12 ms / @90 251 ms (last token after the end of speech), "
             "first-token delay P50 420 ms / P90 610 ms") in md
+    # A model without a CTC head to align with (the shared-weights one): NaN token delays.
+    (tmp_path / "latency" / "latency.json").write_text(json.dumps(
+        {"rtf": 0.1234, "algorithmic_latency_ms": 40.0, "emission_delay_p50_ms": float("nan"),
+         "emission_delay_p90_ms": float("nan"), "latency_at50_ms": -12.4,
+         "latency_at90_ms": 250.6, "first_token_delay_p50_ms": 420.0,
+         "first_token_delay_p90_ms": 610.2}))
+    md = results_markdown(tmp_path, ["streaming", "ctc"], ["eval1", "eval2"], ["char"],
+                          "exp/asr_x", latency_set="eval1")
+    assert ("RTF 0.123, algorithmic latency 40 ms, emission delay not measured (no "
+            "full-context CTC head to align tokens with)") in md and "nan" not in md
+    assert "Latency@50 -12 ms / @90 251 ms" in md
     with pytest.raises(ValueError, match="no word score"):
         results_markdown(tmp_path, ["ctc"], ["eval1"], ["word"], "t")
     (tmp_path / "latency" / "latency.json").write_text(json.dumps({"rtf": 0.1}))

@@ -228,11 +228,11 @@ def cer_rows(recipe: Path) -> List[str]:
 def test_demo_stages_1_to_13_through_slurm_score_as_the_local_backend(
         slurm, tmp_path_factory) -> None:
     on_slurm = make_recipe("demo_ja", tmp_path_factory.mktemp("slurm_run"))
-    result = run_recipe(on_slurm, TINY + ["--cmd_backend", "slurm"], timeout=900, env=slurm)
+    result = run_recipe(on_slurm, TINY + ["--cmd_backend", "slurm"], timeout=1800, env=slurm)
     assert result.returncode == 0, result.stdout[-6000:]
     local = make_recipe("demo_ja", tmp_path_factory.mktemp("local_run"))
     # (the latency, a timing, is measured under Slurm only)
-    reference = run_recipe(local, TINY + ["--measure_latency", "false"], timeout=900)
+    reference = run_recipe(local, TINY + ["--measure_latency", "false"], timeout=1800)
     assert reference.returncode == 0, reference.stdout[-6000:]
 
     assert scores(on_slurm) == scores(local)

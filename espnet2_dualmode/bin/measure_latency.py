@@ -48,12 +48,15 @@ from espnet2_dualmode.inference.decode_list import DecodeList, Failures
 from espnet2_dualmode.inference.latency import (
     SUBSAMPLING,
     SpeechSegmentLatency,
+    has_reference_alignment,
     read_speech_segments,
     reference_end_times,
     timed_recognition,
 )
 from espnet2_dualmode.inference.streaming import Speech2TextStreaming
 from espnet2_dualmode.tasks.dualmode_asr import min_speech_samples
+
+logger = logging.getLogger(__name__)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -90,11 +93,16 @@ def measure_model(config: str, model_file: str, data: DecodeList, chunk: int, be
     delays: List[float] = []
     audio = compute = 0.0
     n_min = min_speech_samples(s2t.train_args.frontend_conf)
+    aligned = has_reference_alignment(s2t.model)
+    if not aligned:  # e.g. the shared-weights Dual-mode model without a CTC head
+        logger.warning(f"{config}: no full-context CTC head to align with: the per-token "
+                       f"emission delay is not measured (NaN); RTF and, with "
+                       f"--speech_segments, Latency@50/@90 are")
     for key in keys:
         try:
             wav = data.load(key, s2t.sample_rate, n_min)
             timing = timed_recognition(s2t, wav, chunk)
-            ends = reference_end_times(s2t, wav, timing.token_ids)
+            ends = reference_end_times(s2t, wav, timing.token_ids) if aligned else []
             if segments is not None:
                 segments.add(key, timing)
         except Exception as e:

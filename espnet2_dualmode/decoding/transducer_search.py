@@ -87,7 +87,8 @@ class _PredCache:
 
     def rows(self, prefixes: Sequence[Prefix]) -> torch.Tensor:
         """Row numbers of ``prefixes`` (all cached), as a LongTensor."""
-        return torch.tensor([self.index[p] for p in prefixes], device=self.proj.device)
+        return torch.tensor([self.index[p] for p in prefixes], dtype=torch.long,
+                            device=self.proj.device)
 
     def state(self, rows: torch.Tensor) -> RNNState:
         """RNN states of the given rows, ((L, M, H), (L, M, H) or None)."""
@@ -278,6 +279,33 @@ class TransducerSearch:
             num_frames=[0] * batch_size,
             cache=_PredCache([()], proj, state),
         )
+
+    @torch.no_grad()
+    def add_utterances(self, state: TransducerSearchState, count: int = 1) -> List[int]:
+        """Append ``count`` fresh utterances (one empty hypothesis each) to ``state``, e.g.
+        streams that open while others are decoded; returns their indices."""
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        if () not in state.cache:  # the empty prefix left the cache when no beam held it
+            device = next(self.decoder.parameters()).device
+            state.cache.add([()], *_root_prediction(self.decoder, self.joint, 1, device))
+        first = state.batch_size
+        state.hyps.extend([_Hyp((), 0.0, ())] for _ in range(count))
+        state.num_frames.extend([0] * count)
+        return list(range(first, first + count))
+
+    def remove_utterances(self, state: TransducerSearchState, indices: Sequence[int]) -> None:
+        """Drop the utterances ``indices`` from ``state`` (the others keep their order and
+        move down) and the cached prefixes only they used."""
+        drop = set(indices)
+        unknown = sorted(i for i in drop if not 0 <= i < state.batch_size)
+        if unknown:
+            raise ValueError(f"utterances {unknown} are not in a search state of "
+                             f"{state.batch_size}")
+        keep = [i for i in range(state.batch_size) if i not in drop]
+        state.hyps = [state.hyps[i] for i in keep]
+        state.num_frames = [state.num_frames[i] for i in keep]
+        state.cache.keep({h.tokens for hyps in state.hyps for h in hyps})
 
     @torch.no_grad()
     def advance(

@@ -29,11 +29,12 @@ Shapes: B batch, T input frames, T' subsampled frames, F feature dim, D model di
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from espnet.nets.pytorch_backend.transformer.subsampling_without_posenc import (
@@ -109,6 +110,8 @@ class BlockStreamState:
         ctx: (B, num_layers, D) the previous block's context embedding at the input of
             each layer (inherited by the next block), None before the first block.
         n_emitted: number of output frames returned so far.
+        finished: the stream has ended (its last input has been buffered).
+        geometry: the encoder's geometry when the state was created.
     """
 
     feats: torch.Tensor
@@ -119,7 +122,7 @@ class BlockStreamState:
     ctx: Optional[torch.Tensor] = None
     n_emitted: int = 0
     finished: bool = field(default=False)
-    geometry: Optional[BlockGeometry] = None  # the encoder's geometry when it was created
+    geometry: Optional[BlockGeometry] = None
 
 
 class ContextualBlockConformerEncoder(LayerOutputsEncoder):
@@ -392,12 +395,19 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
             (B, k, D) output frames ``state.n_emitted - k ... state.n_emitted - 1``,
             identical (to float rounding) to the same frames of :meth:`forward`.
         """
+        self.ingest(feats, state, is_final)
+        if self.block_ready(state):
+            return self.encode_blocks([state])[0], state
+        return state.frames.new_zeros(state.frames.size(0), 0, self._output_size), state
+
+    def ingest(self, feats: torch.Tensor, state: BlockStreamState, is_final: bool = False) -> None:
+        """Buffer the next input frames of a stream (the first half of
+        :meth:`forward_incremental`); its blocks are then encoded by :meth:`encode_blocks`
+        while :meth:`block_ready`. ``is_final`` marks the end of the stream."""
         if state.finished:
             raise RuntimeError("forward_incremental called after is_final=True; "
                                "start a new stream with init_state()")
-        if state.geometry != self._geometry:
-            raise RuntimeError(f"a stream state created at {state.geometry} cannot continue at "
-                               f"{self._geometry}; start a new stream with init_state()")
+        self._check_state_geometry(state)
         buf = torch.cat([state.feats, feats], dim=1)
         n_new = int(subsampled_lengths(torch.tensor(buf.size(1))))  # host: read by int()
         missing = state.next_block * self.hop_size + self.block_size - state.n_frames
@@ -409,38 +419,89 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
             state.n_frames += n_new
             buf = buf[:, SUBSAMPLING * n_new:]
         state.feats = buf
-        outputs: List[torch.Tensor] = []
-        n_total_blocks = self.num_blocks_for(state.n_frames)
-        while True:
-            b = state.next_block
-            start = b * self.hop_size
-            ready = (b < n_total_blocks) if is_final else (start + self.block_size <= state.n_frames)
-            if not ready:
-                break
-            outputs.append(self._encode_block(state, b, start, n_total_blocks if is_final else None))
-            state.next_block += 1
-            drop = (b + 1) * self.hop_size - state.frames_start
-            state.frames = state.frames[:, drop:]
-            state.frames_start += drop
-        out = torch.cat(outputs, dim=1) if outputs else state.frames.new_zeros(
-            state.frames.size(0), 0, self._output_size)
-        state.n_emitted += out.size(1)
         state.finished = is_final
-        return out, state
 
-    def _encode_block(self, state: BlockStreamState, b: int, start: int,
-                      n_total_blocks: Optional[int]) -> torch.Tensor:
-        local = start - state.frames_start
-        x = state.frames[:, local:local + self.block_size]
-        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        ctx = self._context_init(x, mask, torch.tensor([b], device=x.device))  # (B, D)
+    def ready_blocks(self, state: BlockStreamState) -> int:
+        """Number of the stream's next blocks that have all their frames (after the end of
+        the stream: the blocks left)."""
+        if state.finished:
+            return max(0, self.num_blocks_for(state.n_frames) - state.next_block)
+        complete = (state.n_frames - self.block_size) // self.hop_size + 1
+        return max(0, complete - state.next_block)
+
+    def block_ready(self, state: BlockStreamState) -> bool:
+        """Whether the stream's next block can be encoded."""
+        return self.ready_blocks(state) > 0
+
+    def _check_state_geometry(self, state: BlockStreamState) -> None:
+        if state.geometry != self._geometry:
+            raise RuntimeError(f"a stream state created at {state.geometry} cannot continue at "
+                               f"{self._geometry}; start a new stream with init_state()")
+
+    def encode_blocks(self, states: Sequence[BlockStreamState]) -> List[torch.Tensor]:
+        """Encode every ready block of every stream in ONE batched layer stack.
+
+        Each (stream, block) is a row group: blocks are right-padded to the longest and
+        masked (as in :meth:`forward`), each gets its own block position in its context
+        embedding. As in :meth:`forward`, blocks only depend on each other across layers:
+        at layer l a stream's first block here inherits the context its previous block
+        left in the state (block 0 its own), a later one the context of the block before
+        it in this call at layer l's input. Every state must be at the current geometry and
+        have a ready block (:meth:`ready_blocks`); each is advanced in place.
+
+        Returns:
+            Per state, its (B_i, k_i, D) newly final output frames.
+        """
+        counts = []
+        for i, state in enumerate(states):
+            self._check_state_geometry(state)
+            counts.append(self.ready_blocks(state))
+            if not counts[-1]:
+                raise ValueError(f"stream {i} has no complete block to encode "
+                                 f"(block {state.next_block}, {state.n_frames} frames)")
+        groups = [(state, b) for state, n in zip(states, counts)
+                  for b in range(state.next_block, state.next_block + n)]
+        pieces = [state.frames[:, b * self.hop_size - state.frames_start:][:, :self.block_size]
+                  for state, b in groups]
+        width = max(p.size(1) for p in pieces)
+        x = torch.cat([nn.functional.pad(p, (0, 0, 0, width - p.size(1))) for p in pieces])
+        device = x.device
+        first_row = list(itertools.accumulate((p.size(0) for p in pieces), initial=0))
+
+        def per_row(values: Sequence[int]) -> torch.Tensor:  # one value per group -> (N,)
+            return torch.tensor([v for v, p in zip(values, pieces) for _ in range(p.size(0))],
+                                device=device)
+
+        mask = torch.arange(width, device=device) < per_row([p.size(1) for p in pieces]).unsqueeze(1)
+        ctx = self._context_init(x, mask, per_row([b for _, b in groups]))
+        # where each row's inherited context comes from: the block before it in this call
+        # (chained), else the state (its ctx, or its own at block 0)
+        chained = [g > 0 and groups[g - 1][0] is state for g, (state, _) in enumerate(groups)]
+        source = torch.tensor([r - p.size(0) if c else r
+                               for g, (p, c) in enumerate(zip(pieces, chained))
+                               for r in range(first_row[g], first_row[g + 1])], device=device)
+        from_call = per_row(chained).bool().unsqueeze(1)  # (N, 1)
+        own = per_row([state.ctx is None for state, _ in groups]).bool().unsqueeze(1)
+        prev = torch.cat([ctx.new_zeros(p.size(0), len(self.encoders), ctx.size(-1))
+                          if c or state.ctx is None else state.ctx
+                          for (state, _), p, c in zip(groups, pieces, chained)])  # (N, L, D)
         inherited = []
         for i, layer in enumerate(self.encoders):
             inherited.append(ctx)
-            ctx_prev = ctx if state.ctx is None else state.ctx[:, i]
+            ctx_prev = torch.where(from_call, ctx[source], torch.where(own, ctx, prev[:, i]))
             out = layer.forward_block(torch.cat([x, ctx.unsqueeze(1)], dim=1), ctx_prev, mask)
             x, ctx = out[:, :-1], out[:, -1]
-        state.ctx = torch.stack(inherited, dim=1)
-        length = state.n_frames if n_total_blocks is not None else None
-        e0, e1 = self.emission_range(b, length)
-        return x[:, e0 - start:e1 - start]
+        new_ctx = torch.stack(inherited, dim=1)
+        emitted: Dict[int, List[torch.Tensor]] = {}
+        for g, (state, b) in enumerate(groups):
+            rows = slice(first_row[g], first_row[g + 1])
+            start = b * self.hop_size
+            e0, e1 = self.emission_range(b, state.n_frames if state.finished else None)
+            emitted.setdefault(id(state), []).append(x[rows, e0 - start:e1 - start])
+            state.ctx = new_ctx[rows]
+            state.next_block = b + 1
+            drop = (b + 1) * self.hop_size - state.frames_start
+            state.frames = state.frames[:, drop:]
+            state.frames_start += drop
+            state.n_emitted += e1 - e0
+        return [torch.cat(emitted[id(state)], dim=1) for state in states]

@@ -95,10 +95,15 @@ def timed_recognition(s2t: Speech2TextStreaming, wav: np.ndarray, chunk: int) ->
     return UtteranceTiming(wav.size / fs, compute, best.token_ids, emission, arrival)
 
 
+def has_reference_alignment(model: torch.nn.Module) -> bool:
+    """Whether :func:`reference_end_times` can align: a full-context encoder with CTC."""
+    return model.ctc is not None and model.full_encoder is not None
+
+
 def reference_end_times(s2t: Speech2TextStreaming, wav: np.ndarray, token_ids: List[int]) -> List[float]:
     """End time of each token in a CTC forced alignment with the full-context CTC head."""
     model = s2t.model
-    if model.ctc is None or model.full_encoder is None:
+    if not has_reference_alignment(model):
         raise ValueError("the reference alignment needs the full-context CTC head")
     if not token_ids:
         return []

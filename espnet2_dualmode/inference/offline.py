@@ -218,3 +218,12 @@ class Speech2Text:
             h = enc.full[i, : enc.lengths[i]]
             out.append((cands, {head: scorers[head](h, cands) for head in heads}))
         return out
+
+
+def shared_offline_head(model: torch.nn.Module, asr_train_config: str | Path, head: str,
+                        **options) -> Speech2Text:
+    """A :class:`Speech2Text` of ``head`` whose weights are the tensors of ``model`` (the
+    model another recognizer loaded): no second copy, no second read of the weights file."""
+    offline = Speech2Text(asr_train_config, None, decode_head=head, **options)
+    offline.model.load_state_dict(model.state_dict(), assign=True)
+    return offline

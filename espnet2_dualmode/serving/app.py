@@ -23,7 +23,6 @@ from aiohttp import WSMsgType, web
 
 from espnet2_dualmode.inference.model_io import Result
 from espnet2_dualmode.inference.offline import HEADS
-from espnet2_dualmode.inference.streaming import Speech2TextStreaming
 from espnet2_dualmode.serving.engine import Engine
 from espnet2_dualmode.serving.protocol import (
     SAMPLE_RATE,
@@ -69,14 +68,15 @@ async def health(request: web.Request) -> web.Response:
 
 
 class StreamSession:
-    """One WebSocket stream: its recognizer, the samples received and (if needed) the audio."""
+    """One WebSocket stream: its stream of the engine's batched decoder, the samples
+    received and (if needed) the audio."""
 
-    def __init__(self, engine: Engine, recognizer: Speech2TextStreaming, options: Dict[str, Any],
+    def __init__(self, engine: Engine, stream_id: int, options: Dict[str, Any],
                  keep_audio: bool):
         self.id = next(_session_ids)
         self.engine, self.nbest = engine, options["nbest"]
         self.offline_head: Optional[str] = options["offline_head"]
-        self.recognizer = recognizer
+        self.stream_id = stream_id
         self.samples = 0
         self.audio: Optional[List[np.ndarray]] = [] if keep_audio or self.offline_head else None
 
@@ -88,7 +88,7 @@ class StreamSession:
         self.samples += chunk.size
         if self.audio is not None:
             self.audio.append(chunk)
-        nbest = await self.engine.run(self.recognizer, chunk, is_final)
+        nbest = await self.engine.feed(self.stream_id, chunk, is_final)
         return self._message("final" if is_final else "partial", nbest, samples=self.samples)
 
     def whole(self) -> np.ndarray:
@@ -110,9 +110,8 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT and session is None:
                 options = parse_start(msg.data, engine.nbest)
-                # its initial search state runs the prediction net: on the model's thread
-                recognizer = await engine.run(engine.new_stream)
-                session = StreamSession(engine, recognizer, options, keep_audio=record_dir is not None)
+                stream_id = await engine.open_stream()
+                session = StreamSession(engine, stream_id, options, keep_audio=record_dir is not None)
                 active.add(session.id)
                 log.info(f"stream {session.id} from {peer}: started")
                 await ws.send_json({"type": "ready", "session": session.id,
@@ -142,6 +141,7 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
         await send_if_open(ws, error_message(f"decoding failed: {e}"))
     finally:
         if session is not None:
+            await engine.close_stream(session.stream_id)
             active.discard(session.id)
     await ws.close()
     return ws

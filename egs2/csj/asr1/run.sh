@@ -10,6 +10,14 @@
 #       --sweep_block_sizes "10 20 30 40 50 60"      (likewise train_joint_mse_ed.yaml), then
 #   python -m dualmode_recipe compare --sweep --names sp-ED mse-ED --test_sets eval1 eval2 eval3 \
 #       --exp_dirs exp/asr_train_joint_{sp_ed,mse_ed}_dynamic_blocks_raw_char_sp --output_dir exp/compare_sweeps
+# The Dual-mode variant (one Conformer with shared weights; conf/paper/dualmode/README.md) with
+# and without in-place KD and FastEmit, next to the cascade in Table 1/2 layouts with
+# parameters and latency columns:
+#   ./run.sh --asr_config conf/train_dualmode_shared.yaml \
+#       [--asr_config_overrides "conf/no_inplace_kd.yaml conf/fastemit.yaml"]   (each combination), then
+#   python -m dualmode_recipe compare --test_sets eval1 eval2 eval3 --output_dir exp/compare_dualmode \
+#       --exp_dirs exp/asr_train_joint_sp_ed_raw_char_sp \
+#       exp/asr_train_dualmode_shared{,_fastemit,_no_inplace_kd,_no_inplace_kd_fastemit}_raw_char_sp
 set -euo pipefail
 # shellcheck disable=SC1091
 . ./db.sh

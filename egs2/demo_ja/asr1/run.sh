@@ -11,6 +11,15 @@
 # The default model is trained at 16/8/4 only, so the other block sizes decode with a
 # warning; a model trained with dynamic blocks covers them all: the same command with
 # --asr_config_overrides conf/dynamic_blocks.yaml and without --stage 14.
+# The Dual-mode variant (shared weights, in-place KD) at the demo's size, with and without KD and
+# FastEmit (conf/train_dualmode_shared_small.yaml; not part of the default run), then the
+# cascade and the variants in the Table 1/2 layouts (CER of both modes, parameters, Latency@50/@90
+# against the synthesis timing, token emission delay); each combination of the overrides:
+#   ./run.sh --asr_config conf/train_dualmode_shared_small.yaml --decode_heads "streaming rnnt" \
+#       --tune_joint false [--asr_config_overrides "conf/no_inplace_kd.yaml conf/fastemit.yaml"]
+#   python -m dualmode_recipe compare --test_sets test --output_dir exp/compare_dualmode \
+#       --exp_dirs exp/asr_train_joint_sp_ed_small_raw_char \
+#       exp/asr_train_dualmode_shared_small{,_fastemit,_no_inplace_kd,_no_inplace_kd_fastemit}_raw_char
 set -euo pipefail
 
 corpus_size=small      # tiny: 24/4/4 utterances (CI), small: 2000/100/100, full: 3000/200/200
