@@ -277,7 +277,7 @@ class LongFormRecognizer:
         return [self._segment(self.s2t(rest, is_final=True), audio, "end_of_audio")]
 
     def _results(self, hyps: Sequence[Hypothesis]) -> List[Result]:
-        return [self.s2t.text.result(h.tokens, h.score, h.timestamps) for h in hyps]
+        return self.s2t.text.results(hyps)
 
     def _segment(self, nbest: List[Result], audio: np.ndarray, rule: str) -> Segment:
         fs = self.s2t.sample_rate

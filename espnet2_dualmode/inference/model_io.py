@@ -15,6 +15,7 @@ import yaml
 from espnet2.text.build_tokenizer import build_tokenizer
 from espnet2.text.token_id_converter import TokenIDConverter
 
+from espnet2_dualmode.decoding.hypothesis import Hypothesis
 from espnet2_dualmode.model import DualModeASRModel
 from espnet2_dualmode.tasks.dualmode_asr import DualModeASRTask
 
@@ -93,3 +94,7 @@ class TokenText:
         tokens = self.converter.ids2tokens(ids)
         return Result(self.tokenizer.tokens2text(tokens), tokens, ids, float(score),
                       None if timestamps is None else [int(t) for t in timestamps])
+
+    def results(self, hyps: Sequence[Hypothesis]) -> List[Result]:
+        """:meth:`result` of each search hypothesis (an n-best list)."""
+        return [self.result(h.tokens, h.score, h.timestamps) for h in hyps]

@@ -75,6 +75,7 @@ class MultiStreamDecoder:
     """
 
     def __init__(self, prototype: Speech2TextStreaming):
+        self.prototype = prototype
         self.model = prototype.model
         self.search = prototype.search
         self.text = prototype.text
@@ -134,9 +135,7 @@ class MultiStreamDecoder:
         if stream.ended:
             raise RuntimeError(f"stream {stream_id} was fed after its final chunk "
                                f"(is_final=True); open a new stream")
-        feats = stream.features(torch.as_tensor(samples, device=self.device), is_final)
-        if self.model.normalize is not None and feats.size(1):
-            feats, _ = self.model.normalize(feats, torch.tensor([feats.size(1)], device=self.device))
+        feats = self.prototype.encoder_input(stream.features, samples, is_final)
         if self.batched_encoder:
             self.encoder.ingest(feats, stream.encoder_state, is_final)
         else:
@@ -190,7 +189,7 @@ class MultiStreamDecoder:
         for row, i in fed:
             stream = self._streams[i]
             best = final[row] if stream.ended else [partial[row]]
-            results[i] = [self.text.result(h.tokens, h.score, h.timestamps) for h in best]
+            results[i] = self.text.results(best)
             stream.fed = False
         return results
 

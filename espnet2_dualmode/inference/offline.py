@@ -165,7 +165,7 @@ class Speech2Text:
         """Decode a batch of waveforms; returns the n-best results of each."""
         enc = self.model.encode_features(*self.features(speech))
         hyps = self._decode(enc)
-        return [[self.text.result(h.tokens, h.score, h.timestamps) for h in nb] for nb in hyps]
+        return [self.text.results(nb) for nb in hyps]
 
     def _decode(self, enc) -> List[List[Hypothesis]]:
         head, m = self.decode_head, self.model

@@ -153,9 +153,7 @@ class Speech2TextStreaming:
         A partial result only contains tokens emitted on encoder frames whose block has
         been fully received (block + look-ahead), never tokens from audio not yet fed.
         """
-        feats = self.features(torch.as_tensor(speech_chunk, device=self.device), is_final)
-        if self.model.normalize is not None and feats.size(1):
-            feats, _ = self.model.normalize(feats, torch.tensor([feats.size(1)], device=self.device))
+        feats = self.encoder_input(self.features, speech_chunk, is_final)
         enc, self.encoder_state = self.model.stream_encoder.forward_incremental(
             feats, self.encoder_state, is_final=is_final)
         self.search.advance(self.search_state, enc)
@@ -164,4 +162,13 @@ class Speech2TextStreaming:
             best = self.search.finalize(self.search_state)[0]
         else:
             best = [self.search.partial(self.search_state)[0]]
-        return [self.text.result(h.tokens, h.score, h.timestamps) for h in best]
+        return self.text.results(best)
+
+    def encoder_input(self, features: StreamingFeatures, speech_chunk: np.ndarray | torch.Tensor,
+                      is_final: bool) -> torch.Tensor:
+        """The chunk's newly complete feature frames (1, k, F) of one stream's ``features``,
+        normalised as in training: the streaming encoder's input."""
+        feats = features(torch.as_tensor(speech_chunk, device=self.device), is_final)
+        if self.model.normalize is not None and feats.size(1):
+            feats, _ = self.model.normalize(feats, torch.tensor([feats.size(1)], device=self.device))
+        return feats
