@@ -181,8 +181,8 @@ class DualModeSharedASRModel(DualModeASRModel):
 
     def encode_features(self, feats: torch.Tensor, lengths: torch.Tensor) -> EncoderOutputs:
         """Both modes of the shared encoder on the same features (not a cascade)."""
-        stream, _, stream_layers = self.stream_encoder.forward_layers(feats, lengths)
-        full, lengths, full_layers = self.full_encoder.forward_layers(feats, lengths)
+        (stream, stream_layers), (full, full_layers), lengths = self.encoder.forward_both(
+            feats, lengths)
         return EncoderOutputs(stream, stream_layers, full, full_layers, lengths)
 
     def _objective(

@@ -65,6 +65,23 @@ def test_both_modes_are_batch_invariant(chunk_size, streaming):
         torch.testing.assert_close(ys[b, : olens[b]], alone[0], atol=ATOL, rtol=0)
 
 
+def test_both_modes_at_once_equal_each_mode_alone():
+    """forward_both (one subsampling for the two modes, what training runs) against the two
+    single-mode passes, every layer, padded batch."""
+    enc = encoder(3)
+    x = feats(3)
+    lens = torch.tensor([90, 61, 30])
+    (stream, stream_layers), (full, full_layers), olens = enc.forward_both(x, lens)
+    for streaming, ys, layers in ((True, stream, stream_layers), (False, full, full_layers)):
+        want, want_lens, want_layers = enc.forward_layers(x, lens, streaming)
+        torch.testing.assert_close(olens, want_lens, atol=0, rtol=0)
+        torch.testing.assert_close(ys, want, atol=ATOL, rtol=0)
+        assert len(layers) == len(want_layers)
+        for got, ref in zip(layers, want_layers):
+            torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    assert (stream - full).abs().max() > 1e-2  # the two outputs are not one mode twice
+
+
 @pytest.mark.parametrize("chunk_size", [1, 4])
 def test_incremental_equals_parallel_streaming_mode_for_any_chunking(chunk_size):
     enc = encoder(chunk_size)
