@@ -23,7 +23,10 @@ in the paper (RESULTS.md shows sclite's 1-decimal rounding of the same counts). 
 also gives the model's parameters (counted on the model that ``config.yaml`` builds) and,
 for streaming rows, the latency that stage 13 measured (``<decode dir>/latency/latency.json``):
 Latency@50/@90 (last token after the end of speech, Dual-mode ASR's metric; only where the
-corpus knows where its speech ends) and the per-token emission delay P50/P90.
+corpus knows where its speech ends) and the per-token emission delay P50/P90; and the median
+training time per epoch, from the ``Nepoch results: [train] ... time=...`` lines of ESPnet's
+training logs (``train.log``, or ``logs/train.*.log`` of our stage 11), as measured wherever
+and under whatever load the training ran.
 
 The shared-weights Dual-mode model (``model: shared``) has both modes in one encoder: its
 streaming row is head ``streaming`` and its full-context row ``--offline_head``, as for the
@@ -35,6 +38,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -84,6 +89,7 @@ class Experiment:
     scores: Mapping[Tuple[str, str], Score]
     params: int = 0
     latency: Mapping[str, float] = field(default_factory=dict)
+    epoch_minutes: float = math.nan
 
     def modes(self) -> List[str]:
         """The modes scored for this experiment, streaming first."""
@@ -134,6 +140,40 @@ def count_parameters(config: Mapping[str, Any]) -> int:
     with torch.device("meta"):
         model = DualModeASRTask.build_model(args)
     return sum(p.numel() for p in model.parameters())
+
+
+EPOCH_LINE = re.compile(r"(\d+)epoch results: \[train\](.*?)(?:\[valid\]|$)")
+TIMESPAN_PART = re.compile(r"([\d.]+) (second|minute|hour|day)s?\b")
+TIMESPAN_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def parse_timespan(text: str) -> float:
+    """Seconds of a timespan as ESPnet's trainer logs it (humanfriendly's
+    ``format_timespan``: "1 minute and 34.01 seconds", "2 hours, 3 minutes and 4 seconds").
+
+    Raises:
+        ValueError: no ``<number> <unit>`` part in ``text``.
+    """
+    parts = TIMESPAN_PART.findall(text)
+    if not parts:
+        raise ValueError(f"not a timespan: {text!r}")
+    return sum(float(n) * TIMESPAN_SECONDS[unit] for n, unit in parts)
+
+
+def training_minutes_per_epoch(exp_dir: Path) -> float:
+    """The median training time of an epoch in minutes (the ``[train]`` part's ``time=`` of
+    each ``Nepoch results`` line; an epoch logged by several ranks counts once); NaN when no
+    training log has such a line (e.g. the logs were not kept)."""
+    seconds: Dict[int, float] = {}
+    for log in sorted([exp_dir / "train.log", *sorted((exp_dir / "logs").glob("train.*.log"))]):
+        if not log.is_file():
+            continue
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            match = EPOCH_LINE.search(line)
+            timing = match and re.search(r"\btime=([^,]+)", match.group(2))
+            if timing:
+                seconds.setdefault(int(match.group(1)), parse_timespan(timing.group(1)))
+    return statistics.median(seconds.values()) / 60 if seconds else math.nan
 
 
 def find_decode_dir(exp_dir: Path, heads: Sequence[str]) -> Path:
@@ -212,7 +252,8 @@ def load_experiment(exp_dir: str | os.PathLike, name: str, test_sets: Sequence[s
         raise ValueError(f"experiment {name}: {err}") from None
     logger.info("experiment %s: %s, %s", name, decode_dir,
                 " and ".join(f"{MODE_NAME[m]} ({h})" for m, h in heads.items()))
-    return Experiment(name, root, config, scores, count_parameters(config), latency)
+    return Experiment(name, root, config, scores, count_parameters(config), latency,
+                      training_minutes_per_epoch(root))
 
 
 def experiment_rows(experiments: Sequence[Experiment], test_sets: Sequence[str],
@@ -229,18 +270,20 @@ def _rel(base: float, value: float) -> str:
 
 
 def model_cells(row: Row) -> List[str]:
-    """The row's parameters (M), Latency@50/@90 and token delay P50/P90 (ms) cells;
-    latency only for streaming rows that stage 13 measured (:data:`NOT_MEASURED` else), the
-    token delay only where the model had a CTC head to align tokens with (not NaN)."""
+    """The row's parameters (M), training minutes per epoch, Latency@50/@90 and token delay
+    P50/P90 (ms) cells; latency only for streaming rows that stage 13 measured
+    (:data:`NOT_MEASURED` else), the token delay only where the model had a CTC head to align
+    tokens with (not NaN), the epoch time only where the training logs give it."""
     e = row.experiment
     if e is None:
-        return [NOT_MEASURED] * 3
+        return [NOT_MEASURED] * 4
     lat = e.latency if row.mode == STREAMING else {}
     at = (f"{lat['latency_at50_ms']:.0f} / {lat['latency_at90_ms']:.0f}"
           if all(k in lat for k in SEGMENT_LATENCY_KEYS) else NOT_MEASURED)
     delay = (f"{lat['emission_delay_p50_ms']:.0f} / {lat['emission_delay_p90_ms']:.0f}"
              if lat and not math.isnan(lat["emission_delay_p50_ms"]) else NOT_MEASURED)
-    return [f"{e.params / 1e6:.2f}", at, delay]
+    epoch = NOT_MEASURED if math.isnan(e.epoch_minutes) else f"{e.epoch_minutes:.1f}"
+    return [f"{e.params / 1e6:.2f}", epoch, at, delay]
 
 
 def comparison_table(rows: Sequence[Row], test_sets: Sequence[str], unit: str,
@@ -273,12 +316,13 @@ def comparison_table(rows: Sequence[Row], test_sets: Sequence[str], unit: str,
     caption = "; ".join(f"{MODE_NAME[m]} rows against {ids[i]} ({ordered[i].label})"
                         for m, i in base.items())
     lines = [f"{TITLE[unit]} (%): abs. and rel.(%) = (baseline - abs.) / baseline x 100; "
-             f"{caption}. Params: the whole model. Latency@50/@90: the last token's emission "
+             f"{caption}. Params: the whole model. Min/epoch: median training time of an epoch "
+             f"(from the training logs). Latency@50/@90: the last token's emission "
              f"after the end of speech; token delay: each token's emission after the end of "
              f"its speech (streaming rows, from stage 13's latency.json).", "",
              "|row|experiment|" + "".join(f"{s} abs.|{s} rel.(%)|" for s in test_sets)
-             + "params (M)|Latency@50 / @90 (ms)|token delay P50 / P90 (ms)|",
-             "|---|---|" + "---|---|" * len(test_sets) + "---|---|---|"]
+             + "params (M)|min/epoch|Latency@50 / @90 (ms)|token delay P50 / P90 (ms)|",
+             "|---|---|" + "---|---|" * len(test_sets) + "---|---|---|---|"]
     for i, r in enumerate(ordered):
         baseline = ordered[base[r.mode]]
         cells = []

@@ -268,11 +268,11 @@ def section(text: str, heading: str) -> str:
 
 def table_rows(table: str, model_cells: bool = False) -> list:
     """The ST/NST rows of a table: their score cells, or (``model_cells``) a tuple per row of
-    its id, label and parameters, Latency@50/@90 and token delay cells."""
+    its id, label and parameters, minutes per epoch, Latency@50/@90 and token delay cells."""
     rows = [ln for ln in table.splitlines() if re.match(r"\|N?ST\d", ln)]
     if model_cells:
-        return [tuple(ln.split("|")[1:3] + ln.split("|")[-4:-1]) for ln in rows]
-    return ["|".join(ln.split("|")[:-4]) + "|" for ln in rows]
+        return [tuple(ln.split("|")[1:3] + ln.split("|")[-5:-1]) for ln in rows]
+    return ["|".join(ln.split("|")[:-5]) + "|" for ln in rows]
 
 
 def test_tables_and_figure_from_scored_experiments(grid_exps, tmp_path, capsys):
@@ -405,21 +405,52 @@ def test_dual_mode_variant_next_to_the_cascade_with_params_and_latency(token_lis
         assert load_experiment(exps[name], name, ["dev", "test"], "char").params == count > 0
         params[name] = f"{count / 1e6:.2f}"
 
+    # Training logs as ESPnet's trainer writes them: ESPnet's train.log (cascade; epochs of
+    # 3, 5 and 4 min: median 4.0), our stage 11's logs/train.<rank>.log (dual; both ranks log
+    # the same epochs, 90 s and 150 s: median 2.0); none for dual_nokd (–).
+    def epoch_line(epoch: int, train_time: str) -> str:
+        return (f"[vm:0/2] 2026-11-30 06:51:26,212 (trainer:394) INFO: {epoch}epoch results: "
+                f"[train] iter_time=0.005, loss=121.879, train_time=0.752, time={train_time}, "
+                f"total_count=125, [valid] loss=599.194, time=8.46 seconds, total_count=6\n")
+
+    (exps["cascade"] / "train.log").write_text(
+        "INFO: started\n" + epoch_line(1, "3 minutes and 0.0 seconds")
+        + epoch_line(2, "5 minutes and 0.0 seconds") + epoch_line(3, "4 minutes"))
+    (exps["dual"] / "logs").mkdir(exist_ok=True)
+    for rank in (1, 2):
+        (exps["dual"] / "logs" / f"train.{rank}.log").write_text(
+            epoch_line(1, "1 minute and 30.0 seconds") + epoch_line(2, "2 minutes and 30 seconds"))
+
     out = tmp_path / "cmp"
     compare_main(["--exp_dirs", *(str(exps[n]) for n in exps), "--test_sets", "dev", "test",
                   "--output_dir", str(out), "--table2_block_size", "8"])
     text = (out / "comparison.md").read_text(encoding="utf-8")
     dash = "–"
     assert table_rows(section(text, "## Table 1 layout"), model_cells=True) == [
-        ("ST1", "cascade", params["cascade"], "570 / 705", "256 / 1196"),
-        ("ST2", "dual", params["dual"], "-12 / 89", "101 / 300"),
-        ("ST3", "dual_nokd", params["dual_nokd"], "-5 / 40", dash),
-        ("NST1", "cascade", params["cascade"], dash, dash),
-        ("NST2", "dual", params["dual"], dash, dash),
-        ("NST3", "dual_nokd", params["dual_nokd"], dash, dash)]
+        ("ST1", "cascade", params["cascade"], "4.0", "570 / 705", "256 / 1196"),
+        ("ST2", "dual", params["dual"], "2.0", "-12 / 89", "101 / 300"),
+        ("ST3", "dual_nokd", params["dual_nokd"], dash, "-5 / 40", dash),
+        ("NST1", "cascade", params["cascade"], "4.0", dash, dash),
+        ("NST2", "dual", params["dual"], "2.0", dash, dash),
+        ("NST3", "dual_nokd", params["dual_nokd"], dash, dash, dash)]
     table2 = section(text, "## Table 2 layout")
     assert [r[:2] for r in table_rows(table2, model_cells=True)] == [
         ("ST1", "sp-ED"), ("ST2", "in-place KD"), ("NST1", "sp-ED"), ("NST2", "in-place KD")]
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("8.46 seconds", 8.46), ("1 minute and 34.01 seconds", 94.01),
+    ("2 hours, 1 minute and 1 second", 7261.0), ("1 day", 86400.0)])
+def test_timespans_as_the_trainer_logs_them(text, seconds):
+    import humanfriendly
+
+    from dualmode_recipe.compare import parse_timespan
+
+    assert parse_timespan(text) == pytest.approx(seconds)
+    # the logger's own format, round trip (ESPnet's trainer calls format_timespan)
+    assert parse_timespan(humanfriendly.format_timespan(seconds)) == pytest.approx(seconds, abs=0.01)
+    with pytest.raises(ValueError, match="not a timespan"):
+        parse_timespan("soon")
 
 
 def test_errors_name_the_experiment_and_file(table1_exps, grid_exps, tmp_path):
