@@ -25,13 +25,15 @@ def token_list(vocab: int, directory: Path) -> Path:
 
 
 def build_paper_model(name: str, vocab: int = CSJ_VOCAB, **model_conf):
-    """conf/paper/<name>.yaml with a dummy token list and unit global-MVN statistics;
-    ``model_conf`` overrides the config's model_conf entries."""
+    """conf/paper/<name>.yaml (or the training config file ``name`` ending in .yaml) with a
+    dummy token list and unit global-MVN statistics; ``model_conf`` overrides the config's
+    model_conf entries."""
     tmp = Path(tempfile.mkdtemp())
     stats = tmp / "feats_stats.npz"
     np.savez(stats, count=np.array(1.0), sum=np.zeros(80), sum_square=np.ones(80))
+    config = Path(name) if name.endswith(".yaml") else ROOT / "conf" / "paper" / f"{name}.yaml"
     args = DualModeASRTask.get_parser().parse_args(
-        ["--config", str(ROOT / "conf" / "paper" / f"{name}.yaml"),
+        ["--config", str(config),
          "--token_list", str(token_list(vocab, tmp)), "--normalize_conf", f"stats_file={stats}"])
     args.model_conf.update(model_conf)
     return DualModeASRTask.build_model(args), args
