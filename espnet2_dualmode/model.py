@@ -444,12 +444,18 @@ class DualModeASRModel(AbsESPnetModel):
             yield {"block_size": torch.tensor(float(geometry.block_size),
                                               device=self.train_iters.device)}
 
+    @property
+    def warmup_stream_ctc(self) -> Optional[CTC]:
+        """The CTC head of H_st in the warm-up: the auxiliary streaming CTC, if any."""
+        return self.stream_ctc
+
     def _ctc_warmup_loss(self, enc: EncoderOutputs, text: torch.Tensor, text_lengths: torch.Tensor
                          ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Warm-up objective: the sum of the CTC losses on H_st (auxiliary) and H_te."""
         loss, stats = enc.lengths.new_zeros((), dtype=torch.float), {}
-        if self.stream_ctc is not None:
-            stats["loss_stream_ctc"] = self.stream_ctc(enc.stream, enc.lengths, text, text_lengths)
+        if self.warmup_stream_ctc is not None:
+            stats["loss_stream_ctc"] = self.warmup_stream_ctc(enc.stream, enc.lengths, text,
+                                                              text_lengths)
             loss = loss + stats["loss_stream_ctc"]
         if self.ctc is not None and enc.full is not None:
             stats["loss_ctc"] = self.ctc(enc.full, enc.lengths, text, text_lengths)

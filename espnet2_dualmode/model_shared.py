@@ -8,7 +8,9 @@ both modes. Per batch (the paper's Algorithm 1, joint training with equal weight
 
 with the optional offline CTC/attention/Mask-CTC heads L_i on the full-context mode, and the
 in-place distillation L_kd (:func:`inplace_kd_loss`) from the full-context mode (teacher,
-detached) to the streaming mode.
+detached) to the streaming mode. With a CTC head and ``ctc_warmup_iters`` (not in the paper;
+the demo's short run needs it, as the cascade's does), the first iterations optimise only
+that one CTC head on both modes, ``L_ctc(streaming) + L_ctc(full)``.
 
 The model keeps the cascade's surface, so the training task and the inference code use it
 unchanged: ``stream_encoder`` and ``full_encoder`` are the encoder's two mode views,
@@ -113,7 +115,8 @@ class DualModeSharedASRModel(DualModeASRModel):
         stream_encoder: the :class:`DualModeConformerEncoder` (both modes).
         full_encoder, rnnt_decoder, rnnt_joint: must be None (one encoder, one RNN-T).
         stream_decoder, stream_joint: the RNN-T shared by both modes.
-        ctc, att_decoder, mlm_decoder: optional heads on the full-context mode.
+        ctc, att_decoder, mlm_decoder: optional heads on the full-context mode; the CTC head
+            also serves both modes in the CTC-only warm-up (``ctc_warmup_iters`` in kwargs).
         inplace_kd_weight: lambda_kd (0: no distillation).
         kd_shift: teacher frame shift of :func:`inplace_kd_loss` (paper sweep: -2 to 2).
         online_weight, offline_weight: streaming / full-context weights (equal: 1.0 each).
@@ -159,8 +162,8 @@ class DualModeSharedASRModel(DualModeASRModel):
             errors.append("shared_rnnt must be true")
         if stream_ctc is not None:
             errors.append("stream_ctc is not supported")
-        unsupported = [k for k in ("ctc_warmup_iters", "encoder_distill", "decoder_distill",
-                                   "stream_ctc_weight") if kwargs.get(k)]
+        unsupported = [k for k in ("encoder_distill", "decoder_distill", "stream_ctc_weight")
+                       if kwargs.get(k)]
         if unsupported:
             errors.append(f"{unsupported} are not supported (use inplace_kd_weight)")
         if inplace_kd_weight < 0:
@@ -194,6 +197,10 @@ class DualModeSharedASRModel(DualModeASRModel):
         text = text[:, : text_lengths.max()]
         self._check_tokens(text, text_lengths)
         enc = self.encode_features(*self.features(speech, speech_lengths))
+        step = self._count_train_iter()
+        if step is not None and step < self.ctc_warmup_iters:
+            loss, stats = self._ctc_warmup_loss(enc, text, text_lengths)
+            return force_gatherable((loss, stats, batch_size), loss.device)
         pred = self._prediction_states(self.stream_decoder, text, text_lengths)
         loss_onl = self._rnnt_loss(self.stream_joint, enc.stream, enc.lengths, pred, text,
                                    text_lengths)
@@ -209,6 +216,11 @@ class DualModeSharedASRModel(DualModeASRModel):
         stats["loss"] = loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return loss, stats, weight
+
+    @property
+    def warmup_stream_ctc(self) -> Optional[CTC]:
+        """The one CTC head serves the streaming mode in the warm-up too (shared weights)."""
+        return self.ctc
 
     def _inplace_kd(self, enc: EncoderOutputs, pred: torch.Tensor, text: torch.Tensor,
                     text_lengths: torch.Tensor) -> torch.Tensor:

@@ -277,6 +277,40 @@ def test_full_context_heads_on_the_shared_encoder(token_list):
                                               + 0.3 * float(stats["loss_ctc"]), rel=1e-6)
 
 
+def test_ctc_warmup_trains_the_one_ctc_head_on_both_modes(token_list):
+    """ctc_warmup_iters on the shared model: L_ctc(streaming) + L_ctc(full) through the one
+    CTC head, each against ESPnet's CTC on that mode's encoder output; the RNN-T untouched;
+    then the whole objective."""
+    args = DualModeASRTask.get_parser().parse_args(
+        ["--config", str(CONFIG), "--token_list", str(token_list), "--ctc", "ctc"])
+    args.model_conf.update(ctc_weight=0.3, ctc_warmup_iters=2)
+    torch.manual_seed(0)
+    model = DualModeASRTask.build_model(args)
+    speech, lengths, text, text_lengths = batch()
+    model.train()
+    for step in (1, 2):
+        model.zero_grad()
+        loss, stats, _ = model(speech, lengths, text, text_lengths)
+        assert set(stats) == {"loss", "loss_ctc", "loss_stream_ctc"}
+        with torch.no_grad():
+            enc = model.encode_features(*model.features(speech, lengths))
+            want = {mode: float(model.ctc(out, enc.lengths, text, text_lengths))
+                    for mode, out in (("stream", enc.stream), ("full", enc.full))}
+        assert float(stats["loss_stream_ctc"]) == pytest.approx(want["stream"], rel=1e-5)
+        assert float(stats["loss_ctc"]) == pytest.approx(want["full"], rel=1e-5)
+        assert want["stream"] != pytest.approx(want["full"], rel=1e-3)  # two modes
+        assert float(loss.detach()) == pytest.approx(want["stream"] + want["full"], rel=1e-5)
+        loss.backward()
+        assert all(p.grad is None for p in model.stream_decoder.parameters())
+        assert all(p.grad is None for p in model.stream_joint.parameters())
+        stream_norm = model.encoder.encoders[0].norms["stream"]
+        assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
+                   for p in stream_norm.parameters())  # the streaming mode trains too
+        assert int(model.train_iters) == step
+    _, stats, _ = model(speech, lengths, text, text_lengths)
+    assert {"loss_onl", "loss_rnnt", "loss_ctc", "loss_inplace_kd"} <= set(stats)
+
+
 def test_bad_configurations_are_refused(token_list):
     with pytest.raises(ValueError, match="not supported"):
         build(token_list, encoder_distill="sp")
