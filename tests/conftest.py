@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # toy model's training) are handed out first, so that the two workers end together instead
 # of one starting a long file when the other is nearly done.
 SLOW_FIRST = ("test_slurm.py", "test_recipe_e2e.py", "test_ddp.py", "test_preflight.py",
-              "test_geometry.py", "test_serve.py", "test_inference.py")
+              "test_geometry.py", "test_serve.py", "test_serve_endpoint.py", "test_inference.py")
 
 
 def pytest_collection_modifyitems(items) -> None:

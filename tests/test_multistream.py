@@ -228,3 +228,35 @@ def test_bad_use_is_refused(toy_model, toy_corpus):
     dec.model.stream_encoder.select_geometry(6, 2, 2)
     with pytest.raises(ValueError, match="cannot share a batched call"):
         dec.open()
+
+
+def test_restart_gives_the_nbest_so_far_and_a_fresh_stream(toy_model, toy_corpus):
+    """An endpoint cut: ``restart`` returns the stream's n-best over the frames decoded so
+    far (the search's final over them) and the stream then decodes its next audio as a
+    fresh recognizer would; its batch-mate is unaffected."""
+    wavs, _ = corpus_items(toy_corpus)
+    first, second, mate = (wavs[k] for k in sorted(wavs)[:3])
+    single = Speech2TextStreaming(toy_model["config"], toy_model["model"], beam_size=BEAM,
+                                  nbest=NBEST)
+    single(first, is_final=False)
+    want_cut = single.text.results(single.search.finalize(single.search_state)[0])
+    want_frames = single.n_encoder_frames
+    want_second = alone(single, [[(second, True)]])[-1]
+    want_mate = alone(single, [[(mate[:4000], False)], [(mate[4000:], True)]])
+    dec = MultiStreamDecoder.from_config(toy_model["config"], toy_model["model"], beam_size=BEAM,
+                                         nbest=NBEST)
+    a, b = dec.open(), dec.open()
+    dec.feed(a, first)
+    dec.feed(b, mate[:4000])
+    got_mate = [dec.step()[b]]
+    assert dec.encoder_frames(a) == want_frames > 0
+    assert_same(dec.restart(a), want_cut, "the n-best at the cut")
+    assert dec.encoder_frames(a) == 0 and dec.open_streams == [b, a]
+    dec.feed(a, second, is_final=True)
+    dec.feed(b, mate[4000:], is_final=True)
+    out = dec.step()
+    assert_same(out[a], want_second, "the stream after the cut")
+    for g, w in zip(got_mate + [out[b]], want_mate):
+        assert_same(g, w, "the batch-mate")
+    with pytest.raises(ValueError, match="no open stream 99"):
+        dec.restart(99)

@@ -83,29 +83,31 @@ def expected_times(reference: Speech2TextStreaming, result: Result) -> List[Dict
 
 
 async def stream_wav(http: str, pcm: np.ndarray, start: Optional[Dict[str, Any]] = None,
-                     pace: float = 0.0) -> Dict[str, Any]:
-    """Stream ``pcm`` in CHUNK-sample frames (one every ``pace`` s); returns every message
-    by type and each chunk's latency (send -> the partial acknowledging it)."""
+                     pace: float = 0.0, chunk: int = CHUNK) -> Dict[str, Any]:
+    """Stream ``pcm`` in ``chunk``-sample frames (one every ``pace`` s); returns the last
+    message of each type, every partial, every message in order (``messages``) and each
+    chunk's latency (send -> the partial acknowledging it)."""
     msg_start = {"type": "start", "sample_rate": 16000, "format": "pcm_s16le", **(start or {})}
-    chunks = [pcm[i:i + CHUNK] for i in range(0, pcm.size, CHUNK)]
+    chunks = [pcm[i:i + chunk] for i in range(0, pcm.size, chunk)]
     ends = np.cumsum([c.size for c in chunks]).tolist()
     sent: Dict[int, float] = {}
-    got: Dict[str, Any] = {"partial": [], "latency": []}
+    got: Dict[str, Any] = {"partial": [], "latency": [], "messages": []}
     async with aiohttp.ClientSession() as client, client.ws_connect(http + "/ws/stream") as ws:
         await ws.send_json(msg_start)
         got["ready"] = await ws.receive_json()
 
         async def send() -> None:
             t0 = time.perf_counter()
-            for i, (chunk, end) in enumerate(zip(chunks, ends)):
+            for i, (piece, end) in enumerate(zip(chunks, ends)):
                 await asyncio.sleep(max(0.0, t0 + i * pace - time.perf_counter()))
                 sent[end] = time.perf_counter()
-                await ws.send_bytes(chunk.astype("<i2").tobytes())
+                await ws.send_bytes(piece.astype("<i2").tobytes())
             await ws.send_json({"type": "end"})
 
         sender = asyncio.create_task(send())
         async for msg in ws:
             m = json.loads(msg.data)
+            got["messages"].append(m)
             if m["type"] == "partial":
                 got["partial"].append(m)
                 got["latency"].append(time.perf_counter() - sent[m["samples"]])
@@ -126,9 +128,14 @@ def test_stream_final_equals_speech2textstreaming(server, corpus, reference, exp
         assert final["text"] == want[0].text == corpus[key][1], key
         assert [h["text"] for h in final["nbest"]] == [r.text for r in want]
         assert final["token_timestamps"] == expected_times(reference, want[0])
-        assert final["segments"] == [{"start": 0.0, "end": corpus[key][0].size / 16000,
+        # one segment (the clips are too short for the default endpoint rules), also sent
+        # as a segment message before the final
+        assert final["segments"] == [{"index": 0, "start": 0.0,
+                                      "end": corpus[key][0].size / 16000,
                                       "text": want[0].text, "tokens": want[0].tokens,
-                                      "token_timestamps": expected_times(reference, want[0])}]
+                                      "token_timestamps": expected_times(reference, want[0]),
+                                      "endpoint": "end_of_audio", "nbest": final["nbest"]}]
+        assert got["segment"] == {"type": "segment", **final["segments"][0]}
         # every chunk is acknowledged once, in order, with the samples received so far
         ends = np.cumsum([min(CHUNK, corpus[key][0].size - i)
                           for i in range(0, corpus[key][0].size, CHUNK)]).tolist()

@@ -8,8 +8,8 @@ Usage:
 
 The recording is fed in ``--chunk_ms`` chunks, as a live stream would arrive (the segments
 do not depend on it). Prints one JSON line per segment as it is finished:
-``{"segment", "start", "end", "text", "tokens", "token_timestamps": [{"token", "time"}],
-"endpoint"}`` (times in seconds from the start of the recording; a token's time is the end
+``{"index", "start", "end", "text", "tokens", "token_timestamps": [{"token", "time"}],
+"endpoint"}`` (the server's segment layout; times in seconds from the start of the recording; a token's time is the end
 of the encoder frame that emitted it), plus ``"two_pass": {"head", "text", "tokens"}``
 with ``--two_pass_head``. Segments with no token (silence or noise) are printed too.
 """
@@ -45,15 +45,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr_model_file", required=True, help="model weights (.pth)")
     p.add_argument("--wav", required=True, help="the recording: a mono wav at the model's rate")
     p.add_argument("--chunk_ms", type=float, default=160.0, help="simulated chunk length (ms)")
-    rules = EndpointRules()
-    p.add_argument("--trailing_silence_after_token", type=float,
-                   default=rules.trailing_silence_after_token,
-                   help="seconds of blank after the last token that end a segment")
-    p.add_argument("--trailing_silence_no_token", type=float,
-                   default=rules.trailing_silence_no_token,
-                   help="seconds without any token that end a (silent) segment")
-    p.add_argument("--max_segment", type=float, default=rules.max_segment,
-                   help="longest segment in seconds")
+    EndpointRules.add_arguments(p)
     p.add_argument("--two_pass_head", default=None,
                    choices=[h for h in HEADS if h != "streaming_rnnt"],
                    help="full-context head that re-decodes each finished segment")
@@ -85,8 +77,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
     out = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):
-        rules = EndpointRules(args.trailing_silence_after_token, args.trailing_silence_no_token,
-                              args.max_segment)
+        rules = EndpointRules.from_args(args)
         options = dict(beam_size=args.beam_size, max_sym_per_frame=args.max_sym_per_frame,
                        device=device_of(args), **geometry_of(args))
         s2t = Speech2TextStreaming(args.asr_train_config, args.asr_model_file, **options)

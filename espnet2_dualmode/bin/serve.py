@@ -8,7 +8,10 @@ Usage:
 Then open http://127.0.0.1:8000/ (microphone page), stream to ws://HOST:PORT/ws/stream
 (protocol: :mod:`espnet2_dualmode.serving.protocol`) or POST a file to
 http://HOST:PORT/recognize?head=attention. ``--port 0`` takes a free port; the first
-line on stdout is ``serving on http://HOST:PORT/``.
+line on stdout is ``serving on http://HOST:PORT/``. Every stream is cut into segments by
+the endpoint rules ``--trailing_silence_after_token 0.8 --trailing_silence_no_token 5
+--max_segment 20`` (the longform CLI's options and defaults; a client may set its own in
+its start message).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from espnet2_dualmode.inference.cli import (
     device_of,
     geometry_of,
 )
+from espnet2_dualmode.inference.endpoint import EndpointRules
 from espnet2_dualmode.inference.offline import HEADS
 from espnet2_dualmode.serving.app import create_app
 from espnet2_dualmode.serving.engine import Engine
@@ -46,6 +50,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam_size", type=int, default=10)
     p.add_argument("--nbest", type=int, default=1, help="most hypotheses a client may ask for")
     p.add_argument("--max_sym_per_frame", type=int, default=10)
+    EndpointRules.add_arguments(p)  # a client may override them per stream
     p.add_argument("--preload_heads", nargs="*", default=[], choices=HEADS,
                    help="offline heads to build at start (others are built on first use)")
     p.add_argument("--record_dir", type=Path, default=None,
@@ -75,13 +80,18 @@ async def serve(app: web.Application, sock: socket.socket) -> None:
 
 
 def main(cmd: Optional[List[str]] = None) -> None:
-    args = get_parser().parse_args(cmd)
+    parser = get_parser()
+    args = parser.parse_args(cmd)
+    try:
+        rules = EndpointRules.from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     engine = Engine(args.asr_train_config, args.asr_model_file, beam_size=args.beam_size,
                     nbest=args.nbest, max_sym_per_frame=args.max_sym_per_frame,
                     device=device_of(args), geometry=geometry_of(args),
-                    preload_heads=args.preload_heads)
+                    preload_heads=args.preload_heads, rules=rules)
     if args.record_dir is not None:
         args.record_dir.mkdir(parents=True, exist_ok=True)
     sock = bind(args.host, args.port)

@@ -1,17 +1,23 @@
 """Long-form streaming recognition: endpoint rules cut an unbounded stream into segments.
 
-:class:`LongFormRecognizer` feeds the audio to one :class:`Speech2TextStreaming` one
-encoder block at a time: it splits incoming chunks at the sample counts where the next
-block completes (:func:`samples_needed`), so the streaming recognizer gets the same calls
-whatever the caller's chunking (the segments do not depend on it), and
+:class:`StreamSegmenter` holds the ONE copy of the per-stream segmentation logic; it does
+not decode. :func:`decode_segments` drives any number of segmenters over a
+:class:`BlockDecoder` (one stream: :class:`LongFormRecognizer` over a
+:class:`Speech2TextStreaming`; many: the server's batched
+:class:`~espnet2_dualmode.inference.multistream.MultiStreamDecoder`), so a stream is cut
+the same way whether it is decoded alone or batched with others.
+
+Each stream's audio is fed one encoder block at a time: incoming chunks are split at the
+sample counts where the next block completes (:func:`samples_needed`), so the decoder gets
+the same calls whatever the caller's chunking (the segments do not depend on it), and
 :class:`EndpointRules` are checked after every block. When a rule fires at encoder frame
 ``n`` of the segment, the segment ends at frame ``n``: its result is the search's final
 n-best over frames ``[0, n)`` (the look-ahead audio already received is not flushed as if
-the stream ended). The features, encoder and search are then reset and the audio after the
-cut (from ``n`` x 4 feature hops past the segment start) is fed again to the fresh state.
-Positions, the search history and the prediction-net cache so never outgrow one segment,
-and a segment is decoded exactly as a fresh recognizer fed that slice of audio would
-decode it.
+the stream ended). The stream's features, encoder and search are then reset and the audio
+after the cut (from ``n`` x 4 feature hops past the segment start) is fed again to the
+fresh state. Positions, the search history and the prediction-net cache so never outgrow
+one segment, and a segment is decoded exactly as a fresh recognizer fed that slice of
+audio would decode it.
 
 A rule is a duration in seconds of encoder frames (4 feature hops each):
 
@@ -29,20 +35,23 @@ flushed normally (``is_final``): it may pass ``max_segment`` by about the look-a
 
 from __future__ import annotations
 
+import argparse
 import collections
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import (Any, Collection, Deque, Dict, Hashable, List, Mapping, NamedTuple, Optional,
+                    Protocol, Tuple, TypeVar)
 
 import numpy as np
 import torch
 
-from espnet2_dualmode.decoding import Hypothesis
 from espnet2_dualmode.inference.latency import SUBSAMPLING, frame_end_seconds, samples_needed
 from espnet2_dualmode.inference.model_io import Result
 from espnet2_dualmode.inference.offline import Speech2Text
 from espnet2_dualmode.inference.streaming import Speech2TextStreaming
 from espnet2_dualmode.tasks.dualmode_asr import min_speech_samples
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -64,9 +73,26 @@ class EndpointRules:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if not (math.isfinite(value) and value > 0):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value > 0):
                 raise ValueError(f"endpoint rule {name} must be a positive number of seconds, "
-                                 f"got {value}")
+                                 f"got {value!r}")
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """The rules as command-line options (the same names and defaults in every CLI)."""
+        helps = {"trailing_silence_after_token": "seconds of blank after the last token that "
+                                                 "end a segment",
+                 "trailing_silence_no_token": "seconds without any token that end a (silent) "
+                                              "segment",
+                 "max_segment": "longest segment in seconds"}
+        for f in fields(EndpointRules):
+            parser.add_argument(f"--{f.name}", type=float, default=f.default, help=helps[f.name])
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "EndpointRules":
+        """The rules of :meth:`add_arguments`' options."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
     def check(self, frames: int, last_token_frame: Optional[int], frame_seconds: float,
               next_block_frames: int) -> Optional[str]:
@@ -123,9 +149,11 @@ class Segment:
         return self.nbest[0].tokens
 
     def to_json(self, two_pass_head: Optional[str] = None) -> Dict[str, Any]:
-        """JSON-ready dict; token timestamps as ``[{"token", "time"}]`` (the server's layout)."""
+        """JSON-ready dict, the layout of the longform CLI and of the server's segments:
+        ``{"index", "start", "end", "text", "tokens", "token_timestamps": [{"token",
+        "time"}], "endpoint"}`` (+ ``"two_pass"`` where there is one)."""
         out: Dict[str, Any] = {
-            "segment": self.index, "start": round(self.start, 6), "end": round(self.end, 6),
+            "index": self.index, "start": round(self.start, 6), "end": round(self.end, 6),
             "text": self.text, "tokens": self.tokens,
             "token_timestamps": [{"token": tok, "time": round(t, 6)}
                                  for tok, t in zip(self.tokens, self.token_times)],
@@ -134,6 +162,13 @@ class Segment:
             out["two_pass"] = {"head": two_pass_head, "text": self.second_pass[0].text,
                                "tokens": self.second_pass[0].tokens}
         return out
+
+
+class FinishedSegment(NamedTuple):
+    """A segment and its audio (for a second pass; drop it once used)."""
+
+    segment: Segment
+    audio: np.ndarray
 
 
 class _SampleQueue:
@@ -162,7 +197,223 @@ class _SampleQueue:
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-class LongFormRecognizer:
+class StreamSegmenter:
+    """One stream's endpointing: which samples its next block needs, the rules after each
+    block, the cut and the audio fed again after it. The decoding is the caller's
+    (:func:`decode_segments`).
+
+    Args:
+        s2t: the streaming recognizer whose geometry and frame timing the stream's decoder
+            uses (only read here).
+        rules: the endpoint rules.
+
+    Raises:
+        ValueError: ``max_segment`` is shorter than the streaming encoder's first block.
+
+    Attributes:
+        partial: best partial hypothesis of the current segment after its last block
+            (timestamps in encoder frames of the segment), None before its first block.
+        segment_start: first sample of the current segment in the recording.
+    """
+
+    def __init__(self, s2t: Speech2TextStreaming, rules: EndpointRules = EndpointRules()) -> None:
+        self.s2t, self.rules = s2t, rules
+        self.encoder = s2t.model.stream_encoder
+        self.frame_samples = SUBSAMPLING * s2t.features.hop
+        self.frame_seconds = self.frame_samples / s2t.sample_rate
+        self.min_samples = min_speech_samples(s2t.train_args.frontend_conf)
+        first_block = self.encoder.emission_range(0)[1]
+        if first_block * self.frame_seconds > rules.max_segment:
+            raise ValueError(f"max_segment {rules.max_segment} s is shorter than the streaming "
+                             f"encoder's first block ({first_block * self.frame_seconds:.2f} s)")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current recording."""
+        self.queue = _SampleQueue()
+        self.segment_audio: List[np.ndarray] = []  # fed samples of the current segment
+        self.fed = 0  # samples of the current segment fed to the decoder
+        self.frames = 0  # encoder frames of the current segment before the pending block
+        self.segment_start = 0  # absolute sample where the current segment starts
+        self.segments_done = 0
+        self.partial: Optional[Result] = None
+
+    @property
+    def segment_start_seconds(self) -> float:
+        return self.segment_start / self.s2t.sample_rate
+
+    def push(self, speech_chunk: np.ndarray | torch.Tensor) -> None:
+        """Queue received samples (copied: the caller may reuse its buffer)."""
+        # The queue is numpy on the host (re-fed after a cut); the decoder moves it back.
+        chunk = torch.as_tensor(speech_chunk).detach().to("cpu", torch.float32)  # host: buffer
+        self.queue.push(chunk.reshape(-1).numpy().copy())
+
+    def next_block(self, frames: int) -> Optional[np.ndarray]:
+        """The samples that complete the segment's next encoder block, taken from the
+        queue, or None while too few are queued; ``frames``: the stream's encoder frames
+        in this segment so far."""
+        need = samples_needed(self.s2t, frames) - self.fed
+        if self.queue.size < need:
+            return None
+        block = self.queue.take(need)
+        self.segment_audio.append(block)
+        self.fed += block.size
+        self.frames = frames
+        return block
+
+    def end_of_block(self, partial: Result, frames: int) -> Optional[str]:
+        """After the block of :meth:`next_block` was decoded to ``frames`` encoder frames
+        with best partial hypothesis ``partial``: the rule that fires, or None."""
+        if frames == self.frames:  # would loop forever on empty blocks
+            raise RuntimeError(f"{self.fed} samples did not complete encoder frame {frames}")
+        self.partial, self.frames = partial, frames
+        stamps = partial.timestamps
+        return self.rules.check(frames, stamps[-1] if stamps else None, self.frame_seconds,
+                                self.encoder.hop_size)
+
+    def cut(self, nbest: List[Result], rule: str) -> FinishedSegment:
+        """End the segment at its decoded frames with the search's n-best so far; the audio
+        after the cut is queued again for the stream's fresh decoder state."""
+        audio = np.concatenate(self.segment_audio)
+        cut = self.frames * self.frame_samples
+        done = self._finished(nbest, audio[:cut], rule)
+        self.queue.push(audio[cut:], front=True)
+        self.segment_audio, self.fed, self.frames, self.partial = [], 0, 0, None
+        self.segment_start += cut
+        return done
+
+    def rest(self) -> np.ndarray:
+        """At the end of the recording: every sample not fed yet (for the final call).
+
+        After a cut the rest holds at least the re-fed look-ahead audio (more than half
+        an STFT window), so the final call always has samples enough; it may give no
+        encoder frame (no token).
+
+        Raises:
+            ValueError: the whole recording is shorter than one encoder frame's input.
+        """
+        rest = self.queue.take(self.queue.size)
+        total = self.fed + rest.size
+        if self.segments_done == 0 and total < self.min_samples:
+            raise ValueError(f"audio of {total} samples is shorter than one encoder "
+                             f"frame's input ({self.min_samples} samples)")
+        self.segment_audio.append(rest)
+        return rest
+
+    def last(self, nbest: List[Result]) -> FinishedSegment:
+        """The last segment, from the final n-best of the stream after :meth:`rest`."""
+        return self._finished(nbest, np.concatenate(self.segment_audio), "end_of_audio")
+
+    def _finished(self, nbest: List[Result], audio: np.ndarray, rule: str) -> FinishedSegment:
+        fs = self.s2t.sample_rate
+        start = self.segment_start / fs
+        times = [start + frame_end_seconds(self.s2t, t) for t in nbest[0].timestamps or []]
+        segment = Segment(self.segments_done, start, start + audio.size / fs, nbest, times, rule)
+        self.segments_done += 1
+        return FinishedSegment(segment, audio)
+
+
+class BlockDecoder(Protocol[K]):
+    """Streams decoded block by block (what :func:`decode_segments` drives)."""
+
+    def encoder_frames(self, key: K) -> int:
+        """Encoder frames decoded on stream ``key`` since it started (or restarted)."""
+
+    def feed(self, key: K, samples: np.ndarray, is_final: bool) -> None:
+        """Give stream ``key`` its next samples (decoded by :meth:`step`)."""
+
+    def step(self) -> Dict[K, List[Result]]:
+        """Decode what was fed; each fed stream's partial best, or its final n-best."""
+
+    def restart(self, key: K) -> List[Result]:
+        """The n-best of stream ``key`` so far; the stream then starts afresh."""
+
+
+def decode_segments(decoder: BlockDecoder[K], streams: Mapping[K, StreamSegmenter],
+                    ending: Collection[K] = ()) -> Tuple[Dict[K, List[FinishedSegment]],
+                                                          Dict[K, Exception]]:
+    """Decode every complete block queued in ``streams`` (each a stream of ``decoder``),
+    one block per stream per ``decoder.step`` so that the rules are checked after each,
+    and then, for the streams in ``ending``, the rest of their audio as their last segment.
+
+    Returns:
+        the segments each stream finished, and the error of each stream that failed (its
+        audio, or a step it was in); the other streams are decoded on.
+    """
+    done: Dict[K, List[FinishedSegment]] = {k: [] for k in streams}
+    errors: Dict[K, Exception] = {}
+    active = dict(streams)
+    while active:
+        fed: Dict[K, bool] = {}  # stream -> its final call
+        for key, seg in list(active.items()):
+            try:
+                block = seg.next_block(decoder.encoder_frames(key))
+                if block is not None:
+                    decoder.feed(key, block, is_final=False)
+                    fed[key] = False
+                elif key in ending:
+                    decoder.feed(key, seg.rest(), is_final=True)
+                    fed[key] = True
+                else:
+                    del active[key]
+            except Exception as e:  # this stream's audio only
+                errors[key] = e
+                del active[key]
+        if not fed:
+            break
+        try:
+            results = decoder.step()
+        except Exception as e:  # not a per-stream failure: every stream of the step hears it
+            errors.update((key, e) for key in fed)
+            for key in fed:
+                del active[key]
+            continue
+        for key, final in fed.items():
+            seg = active[key]
+            try:
+                if final:
+                    done[key].append(seg.last(results[key]))
+                    del active[key]
+                    continue
+                rule = seg.end_of_block(results[key][0], decoder.encoder_frames(key))
+                if rule is not None:
+                    done[key].append(seg.cut(decoder.restart(key), rule))
+            except Exception as e:
+                errors[key] = e
+                del active[key]
+    return done, errors
+
+
+def second_pass_of(recognizer: Speech2Text, audio: np.ndarray,
+                   min_samples: int) -> Optional[List[Result]]:
+    """The full-context n-best of a segment's audio; None for a segment shorter than one
+    encoder frame's input (nothing a head can decode)."""
+    return recognizer([audio])[0] if audio.size >= min_samples else None
+
+
+class _OneStream:
+    """A :class:`Speech2TextStreaming` as a one-stream :class:`BlockDecoder` (key 0)."""
+
+    def __init__(self, s2t: Speech2TextStreaming) -> None:
+        self.s2t = s2t
+        self.result: List[Result] = []
+
+    def encoder_frames(self, key: int) -> int:
+        return self.s2t.n_encoder_frames
+
+    def feed(self, key: int, samples: np.ndarray, is_final: bool) -> None:
+        self.result = self.s2t(samples, is_final=is_final)
+
+    def step(self) -> Dict[int, List[Result]]:
+        return {0: self.result}
+
+    def restart(self, key: int) -> List[Result]:
+        nbest = self.s2t.text.results(self.s2t.search.finalize(self.s2t.search_state)[0])
+        self.s2t.reset()
+        return nbest
+
+
+class LongFormRecognizer(StreamSegmenter):
     """Streaming recognition of unbounded audio, cut into segments by endpoint rules.
 
     Usage::
@@ -181,35 +432,18 @@ class LongFormRecognizer:
         second_pass: optional full-context recognizer that re-decodes each finished
             segment's audio (e.g. ``inference.offline.shared_offline_head`` with
             ``attention``).
-
-    Attributes:
-        partial: best partial hypothesis of the current segment after the last block
-            (timestamps in encoder frames of the segment), None before its first block.
-        segment_start: first sample of the current segment in the recording.
     """
 
     def __init__(self, s2t: Speech2TextStreaming, rules: EndpointRules = EndpointRules(),
                  second_pass: Optional[Speech2Text] = None) -> None:
-        self.s2t, self.rules, self.second_pass = s2t, rules, second_pass
-        self.encoder = s2t.model.stream_encoder
-        self.frame_samples = SUBSAMPLING * s2t.features.hop
-        self.frame_seconds = self.frame_samples / s2t.sample_rate
-        self.min_samples = min_speech_samples(s2t.train_args.frontend_conf)
-        first_block = self.encoder.emission_range(0)[1]
-        if first_block * self.frame_seconds > rules.max_segment:
-            raise ValueError(f"max_segment {rules.max_segment} s is shorter than the streaming "
-                             f"encoder's first block ({first_block * self.frame_seconds:.2f} s)")
-        self.reset()
+        self.second_pass = second_pass
+        self.decoder = _OneStream(s2t)
+        super().__init__(s2t, rules)
 
     def reset(self) -> None:
         """Forget the current recording."""
+        super().reset()
         self.s2t.reset()
-        self.queue = _SampleQueue()
-        self.segment_audio: List[np.ndarray] = []  # fed samples of the current segment
-        self.fed = 0  # samples of the current segment fed to s2t
-        self.segment_start = 0  # absolute sample where the current segment starts
-        self.segments_done = 0
-        self.partial: Optional[Result] = None  # best partial hypothesis of the segment
         self.finished = False
 
     def __call__(self, speech_chunk: np.ndarray | torch.Tensor, is_final: bool) -> List[Segment]:
@@ -222,71 +456,14 @@ class LongFormRecognizer:
         """
         if self.finished:
             raise RuntimeError("the recording has ended (is_final); call reset() first")
-        # The segment buffer is numpy (re-fed after a cut); the recognizer moves it back.
-        chunk = torch.as_tensor(speech_chunk).detach().to("cpu", torch.float32)  # host: buffer
-        chunk = chunk.reshape(-1)
-        self.queue.push(chunk.numpy().copy())  # kept past this call: the caller may reuse it
-        done = self._drain()
-        if is_final:
-            done += self._flush()
-            self.finished = True
-        return done
-
-    def _drain(self) -> List[Segment]:
-        """Feed every complete block in the queue, checking the rules after each."""
-        done = []
-        while True:
-            frames = self.s2t.n_encoder_frames
-            need = samples_needed(self.s2t, frames) - self.fed
-            if self.queue.size < need:
-                return done
-            block = self.queue.take(need)
-            self.partial = self.s2t(block, is_final=False)[0]
-            self.segment_audio.append(block)
-            self.fed += block.size
-            if self.s2t.n_encoder_frames == frames:  # would loop forever on empty blocks
-                raise RuntimeError(f"{self.fed} samples did not complete encoder frame {frames}")
-            frames = self.s2t.n_encoder_frames
-            stamps = self.partial.timestamps
-            rule = self.rules.check(frames, stamps[-1] if stamps else None, self.frame_seconds,
-                                    self.encoder.hop_size)
-            if rule is not None:
-                done.append(self._cut(frames, rule))
-
-    def _cut(self, frames: int, rule: str) -> Segment:
-        """End the segment at encoder frame ``frames``; re-queue the audio after the cut."""
-        nbest = self._results(self.s2t.search.finalize(self.s2t.search_state)[0])
-        audio = np.concatenate(self.segment_audio)
-        cut = frames * self.frame_samples
-        segment = self._segment(nbest, audio[:cut], rule)
-        self.queue.push(audio[cut:], front=True)
-        self.s2t.reset()
-        self.segment_audio, self.fed, self.partial = [], 0, None
-        self.segment_start += cut
-        return segment
-
-    def _flush(self) -> List[Segment]:
-        """Decode the rest of the audio as the last segment. After a cut the rest holds at
-        least the re-fed look-ahead audio (more than half an STFT window), so the final
-        call always has samples enough; it may give no encoder frame (no token)."""
-        rest = self.queue.take(self.queue.size)
-        audio = np.concatenate(self.segment_audio + [rest])
-        if self.segments_done == 0 and audio.size < self.min_samples:
-            raise ValueError(f"audio of {audio.size} samples is shorter than one encoder "
-                             f"frame's input ({self.min_samples} samples)")
-        return [self._segment(self.s2t(rest, is_final=True), audio, "end_of_audio")]
-
-    def _results(self, hyps: Sequence[Hypothesis]) -> List[Result]:
-        return self.s2t.text.results(hyps)
-
-    def _segment(self, nbest: List[Result], audio: np.ndarray, rule: str) -> Segment:
-        fs = self.s2t.sample_rate
-        start = self.segment_start / fs
-        times = [start + frame_end_seconds(self.s2t, t) for t in nbest[0].timestamps or []]
-        second = None
-        if self.second_pass is not None and audio.size >= self.min_samples:
-            second = self.second_pass([audio])[0]
-        segment = Segment(self.segments_done, start, start + audio.size / fs, nbest, times,
-                          rule, second)
-        self.segments_done += 1
-        return segment
+        self.push(speech_chunk)
+        done, errors = decode_segments(self.decoder, {0: self}, [0] if is_final else [])
+        if errors:
+            raise errors[0]
+        self.finished = is_final
+        segments = []
+        for segment, audio in done[0]:
+            if self.second_pass is not None:
+                segment.second_pass = second_pass_of(self.second_pass, audio, self.min_samples)
+            segments.append(segment)
+        return segments

@@ -42,6 +42,7 @@ class _Stream:
     frames: List[torch.Tensor] = field(default_factory=list)
     ended: bool = False  # is_final was fed
     fed: bool = False  # fed since the last step
+    encoded: int = 0  # encoder frames produced since the stream (re)started
 
 
 @dataclass
@@ -109,6 +110,11 @@ class MultiStreamDecoder:
                              f"but this decoder's streams run at {self.geometry}: streams of "
                              f"other geometries cannot share a batched call")
         stream_id = next(self._ids)
+        self._start(stream_id)
+        return stream_id
+
+    def _start(self, stream_id: int) -> None:
+        """Fresh state for ``stream_id``: features, encoder state, a search row (the last)."""
         if self._search_state is None:
             self._search_state = self.search.init(1)
         else:
@@ -116,7 +122,6 @@ class MultiStreamDecoder:
         self._streams[stream_id] = _Stream(StreamingFeatures(self.model.frontend),
                                            self.encoder.init_state(1, device=self.device))
         self._rows.append(stream_id)
-        return stream_id
 
     def _stream(self, stream_id: int) -> _Stream:
         if stream_id not in self._streams:
@@ -142,6 +147,7 @@ class MultiStreamDecoder:
             enc, stream.encoder_state = self.encoder.forward_incremental(
                 feats, stream.encoder_state, is_final=is_final)
             stream.frames.append(enc)
+            stream.encoded += enc.size(1)
         stream.ended, stream.fed = is_final, True
 
     @torch.inference_mode()
@@ -158,6 +164,7 @@ class MultiStreamDecoder:
                 outputs = self.encoder.encode_blocks([s.encoder_state for s in ready])
                 for stream, out in zip(ready, outputs):
                     stream.frames.append(out)
+                    stream.encoded += out.size(1)
                 self.stats.encoder_calls += 1
         if any(s.frames for s in self._streams.values()):
             self._advance()
@@ -192,6 +199,24 @@ class MultiStreamDecoder:
             results[i] = self.text.results(best)
             stream.fed = False
         return results
+
+    def encoder_frames(self, stream_id: int) -> int:
+        """Encoder frames of a stream since it opened or restarted (searched at :meth:`step`)."""
+        return self._stream(stream_id).encoded
+
+    @torch.inference_mode()
+    def restart(self, stream_id: int) -> List[Result]:
+        """The n-best of a stream over the frames searched so far (as if they were all),
+        after which the stream starts afresh under the same id: new features, encoder
+        state and hypotheses. An endpoint cut (:mod:`.endpoint`); call it after a step."""
+        if self._stream(stream_id).frames:
+            raise RuntimeError(f"stream {stream_id} has encoder frames not searched yet: "
+                               f"restart it after a step")
+        row = self._rows.index(stream_id)
+        nbest = self.text.results(self.search.finalize(self._search_state)[row])
+        self.close(stream_id)
+        self._start(stream_id)
+        return nbest
 
     def close(self, stream_id: int) -> None:
         """Forget a stream (finished or not); its id is not reused."""

@@ -10,6 +10,8 @@ WAV, FLAC, ...) or as the first file field of a multipart form; it must be mono 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
 import itertools
 import json
@@ -21,17 +23,21 @@ import numpy as np
 import soundfile
 from aiohttp import WSMsgType, web
 
-from espnet2_dualmode.inference.model_io import Result
+from espnet2_dualmode.inference.endpoint import FinishedSegment
 from espnet2_dualmode.inference.offline import HEADS
 from espnet2_dualmode.serving.engine import Engine
 from espnet2_dualmode.serving.protocol import (
     SAMPLE_RATE,
     ProtocolError,
     error_message,
+    final_message,
+    offline_message,
     parse_control,
     parse_start,
+    partial_message,
     pcm_to_float,
     results_message,
+    segment_entry,
 )
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -69,34 +75,56 @@ async def health(request: web.Request) -> web.Response:
 
 class StreamSession:
     """One WebSocket stream: its stream of the engine's batched decoder, the samples
-    received and (if needed) the audio."""
+    received, its segments, the offline re-decodes under way and (if needed) the audio."""
 
-    def __init__(self, engine: Engine, stream_id: int, options: Dict[str, Any],
-                 keep_audio: bool):
+    def __init__(self, engine: Engine, ws: web.WebSocketResponse, stream_id: int,
+                 options: Dict[str, Any], keep_audio: bool):
         self.id = next(_session_ids)
-        self.engine, self.nbest = engine, options["nbest"]
+        self.engine, self.ws, self.nbest = engine, ws, options["nbest"]
         self.offline_head: Optional[str] = options["offline_head"]
         self.stream_id = stream_id
         self.samples = 0
-        self.audio: Optional[List[np.ndarray]] = [] if keep_audio or self.offline_head else None
+        self.segments: List[Dict[str, Any]] = []  # segment entries, in index order
+        self.offline_tasks: List["asyncio.Task[None]"] = []  # in index order
+        self.send_lock = asyncio.Lock()  # the handler and the offline tasks both send
+        self.audio: Optional[List[np.ndarray]] = [] if keep_audio else None
 
-    def _message(self, kind: str, nbest: List[Result], **fields: Any) -> Dict[str, Any]:
-        return results_message(kind, nbest[: self.nbest], self.engine.frame_end,
-                               self.samples / SAMPLE_RATE, **fields)
+    async def send(self, msg: Dict[str, Any]) -> None:
+        async with self.send_lock:
+            await self.ws.send_json(msg)
 
-    async def feed(self, chunk: np.ndarray, is_final: bool) -> Dict[str, Any]:
+    async def feed(self, chunk: np.ndarray, is_final: bool) -> None:
+        """Decode a chunk; send the segments it finished, then its partial (or the final),
+        then start the offline re-decode of those segments."""
         self.samples += chunk.size
         if self.audio is not None:
             self.audio.append(chunk)
-        nbest = await self.engine.feed(self.stream_id, chunk, is_final)
-        return self._message("final" if is_final else "partial", nbest, samples=self.samples)
+        update = await self.engine.feed(self.stream_id, chunk, is_final)
+        for segment, _ in update.segments:
+            entry = segment_entry(segment, self.nbest, self.engine.frame_end)
+            self.segments.append(entry)
+            await self.send({"type": "segment", **entry})
+        if is_final:
+            await self.send(final_message(self.samples, self.segments, self.engine.join))
+        else:
+            await self.send(partial_message(self.samples, update.segment, update.partial,
+                                            update.segment_start, self.engine.frame_end))
+        if self.offline_head is not None:
+            for finished in update.segments:
+                previous = self.offline_tasks[-1] if self.offline_tasks else None
+                self.offline_tasks.append(asyncio.create_task(self.offline(finished, previous)))
+
+    async def offline(self, finished: FinishedSegment,
+                      previous: Optional["asyncio.Task[None]"]) -> None:
+        """Re-decode a segment; sent after the previous segment's (index order)."""
+        nbest = await self.engine.run(self.engine.redecode, self.offline_head, finished)
+        if previous is not None:
+            await previous
+        await self.send(offline_message(finished.segment, self.offline_head, nbest[: self.nbest]
+                                        if nbest else None, self.engine.frame_end))
 
     def whole(self) -> np.ndarray:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
-
-    async def offline(self) -> Dict[str, Any]:
-        nbest = await self.engine.run(self.engine.decode_offline, self.offline_head, self.whole())
-        return self._message("offline", nbest, head=self.offline_head)
 
 
 async def stream(request: web.Request) -> web.WebSocketResponse:
@@ -109,21 +137,26 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT and session is None:
-                options = parse_start(msg.data, engine.nbest)
-                stream_id = await engine.open_stream()
-                session = StreamSession(engine, stream_id, options, keep_audio=record_dir is not None)
+                options = parse_start(msg.data, engine.nbest, engine.rules)
+                try:
+                    stream_id = await engine.open_stream(options["rules"])
+                except ValueError as e:  # rules that do not fit the encoder's geometry
+                    raise ProtocolError(str(e)) from e
+                session = StreamSession(engine, ws, stream_id, options,
+                                        keep_audio=record_dir is not None)
                 active.add(session.id)
                 log.info(f"stream {session.id} from {peer}: started")
-                await ws.send_json({"type": "ready", "session": session.id,
-                                    "sample_rate": SAMPLE_RATE})
+                await session.send({"type": "ready", "session": session.id,
+                                    "sample_rate": SAMPLE_RATE,
+                                    "endpoint": dataclasses.asdict(options["rules"])})
             elif msg.type == WSMsgType.BINARY:
                 if session is None:
                     raise ProtocolError('audio before the start message: send {"type": "start", '
                                         f'"sample_rate": {SAMPLE_RATE}}} first')
-                await ws.send_json(await session.feed(pcm_to_float(msg.data), is_final=False))
+                await session.feed(pcm_to_float(msg.data), is_final=False)
             elif msg.type == WSMsgType.TEXT:
                 parse_control(msg.data)
-                await finish(ws, session, record_dir)
+                await finish(session, record_dir)
                 break
             elif msg.type == WSMsgType.ERROR:
                 log.warning(f"stream from {peer}: connection error {ws.exception()}")
@@ -133,43 +166,52 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
                             f"{session.samples} samples without an end message; state freed")
     except ProtocolError as e:
         log.warning(f"stream from {peer}: {e}")
-        await send_if_open(ws, error_message(str(e)))
+        await send_if_open(ws, session, error_message(str(e)))
     except ConnectionResetError:
         log.warning(f"stream from {peer}: client disconnected; state freed")
     except Exception as e:  # a decoding failure ends this stream only
         log.exception(f"stream from {peer}: decoding failed")
-        await send_if_open(ws, error_message(f"decoding failed: {e}"))
+        await send_if_open(ws, session, error_message(f"decoding failed: {e}"))
     finally:
         if session is not None:
+            for task in session.offline_tasks:  # unfinished only on an error or a client gone
+                task.cancel()
+            await asyncio.gather(*session.offline_tasks, return_exceptions=True)
             await engine.close_stream(session.stream_id)
             active.discard(session.id)
     await ws.close()
     return ws
 
 
-async def send_if_open(ws: web.WebSocketResponse, msg: Dict[str, Any]) -> None:
-    """Send unless the client has already gone (then there is no one to tell)."""
+async def send_if_open(ws: web.WebSocketResponse, session: Optional[StreamSession],
+                       msg: Dict[str, Any]) -> None:
+    """Send unless the client has already gone (then there is no one to tell); through the
+    session's lock when there is one (its offline re-decodes may be sending)."""
     try:
-        await ws.send_json(msg)
+        if session is None:
+            await ws.send_json(msg)
+        else:
+            await session.send(msg)
     except ConnectionResetError:
         log.warning("could not send the error: the client has gone")
 
 
-async def finish(ws: web.WebSocketResponse, session: StreamSession,
-                 record_dir: Optional[Path]) -> None:
-    """The end message: the final result, the optional offline re-decode, the recording."""
+async def finish(session: StreamSession, record_dir: Optional[Path]) -> None:
+    """The end message: the last segment and the final result, the outstanding offline
+    re-decodes, the recording."""
     if session.samples == 0:
         raise ProtocolError("the stream ended without audio")
     if record_dir is not None:
         soundfile.write(record_dir / f"{session.id}.wav", session.whole(), SAMPLE_RATE,
                         subtype="PCM_16")
     try:
-        await ws.send_json(await session.feed(np.zeros(0, np.float32), is_final=True))
-        if session.offline_head is not None:
-            await ws.send_json(await session.offline())
+        await session.feed(np.zeros(0, np.float32), is_final=True)
     except ValueError as e:  # audio too short for the frontend or encoder
         raise ProtocolError(f"cannot decode this stream: {e}") from e
-    log.info(f"stream {session.id}: finished, {session.samples} samples")
+    if session.offline_tasks:
+        await session.offline_tasks[-1]  # each awaits the one before
+    log.info(f"stream {session.id}: finished, {session.samples} samples, "
+             f"{len(session.segments)} segments")
 
 
 def read_audio(data: bytes) -> np.ndarray:

@@ -1,5 +1,6 @@
 // Microphone -> 16 kHz 16-bit PCM over /ws/stream (see serving/protocol.py); shows the
-// partial text, the final segments and the server's full-context re-decode of the stream.
+// partial text of the segment in progress, the finished segments (cut by the server's
+// endpoint rules) with their times, and the server's full-context re-decode of each.
 "use strict";
 const RATE = 16000;
 const $ = (id) => document.getElementById(id);
@@ -9,16 +10,44 @@ let session = null;  // {ws, context, source, node, media, sent}
 
 function setStatus(text) { $("status").textContent = text; }
 
-function showSegments(msg, box) {
-  const rows = msg.segments.map((s) =>
-    `<tr><td>${s.start.toFixed(2)}-${s.end.toFixed(2)} s</td><td class="text"></td><td class="times"></td></tr>`);
-  box.innerHTML = `<table>${rows.join("")}</table>`;
-  box.querySelectorAll("tr").forEach((tr, i) => {
-    const seg = msg.segments[i];
-    tr.querySelector(".text").textContent = seg.text;
-    tr.querySelector(".times").textContent =
-      seg.token_timestamps.map((t) => `${t.token}@${t.time === null ? "?" : t.time.toFixed(2)}s`).join(" ");
-  });
+// One table row per finished segment (index order): its span, text, token times and,
+// once it arrives, its offline re-decode (matched by index: it may come after later partials).
+function segmentRow(index) {
+  let tr = $("segments").querySelector(`tr[data-index="${index}"]`);
+  if (tr === null) {
+    tr = document.createElement("tr");
+    tr.dataset.index = index;
+    for (const cls of ["span", "text", "times", "offline"]) {
+      const td = document.createElement("td");
+      td.className = cls;
+      tr.appendChild(td);
+    }
+    $("segments").querySelector("table").appendChild(tr);
+  }
+  return tr;
+}
+
+function showSegment(seg) {
+  const tr = segmentRow(seg.index);
+  tr.querySelector(".span").textContent = `${seg.start.toFixed(2)}-${seg.end.toFixed(2)} s`;
+  tr.querySelector(".text").textContent = seg.text;
+  tr.querySelector(".times").textContent =
+    seg.token_timestamps.map((t) => `${t.token}@${t.time === null ? "?" : t.time.toFixed(2)}s`).join(" ");
+}
+
+const offlineTexts = [];  // per segment index
+
+function showOffline(msg) {
+  offlineTexts[msg.index] = msg.text;
+  segmentRow(msg.index).querySelector(".offline").textContent = `${msg.head}: ${msg.text}`;
+  const done = offlineTexts.filter((t) => t !== undefined);
+  $("offline").textContent = `${msg.head}: ${done.join(" | ")}`;
+  $("offline").dataset.text = done.join(" ");
+  const segments = Number($("segments").dataset.count || -1);
+  if (done.length === segments) {  // the final came and every segment has its re-decode
+    document.body.dataset.offline = "1";
+    setStatus("done");
+  }
 }
 
 function onMessage(event) {
@@ -27,18 +56,22 @@ function onMessage(event) {
     setStatus(`streaming (session ${msg.session})`);
     document.body.dataset.session = msg.session;
   } else if (msg.type === "partial") {
-    $("partial").textContent = msg.text;
+    $("partial").textContent = msg.text;  // the segment in progress only
+  } else if (msg.type === "segment") {
+    showSegment(msg);
+    $("partial").textContent = "";
   } else if (msg.type === "final") {
-    $("partial").textContent = msg.text;
+    msg.segments.forEach(showSegment);
     $("segments").dataset.text = msg.text;
-    showSegments(msg, $("segments"));
+    $("segments").dataset.count = msg.segments.length;
     document.body.dataset.final = "1";
     setStatus("final received");
+    if (offlineTexts.filter((t) => t !== undefined).length === msg.segments.length) {
+      document.body.dataset.offline = "1";
+      setStatus("done");
+    }
   } else if (msg.type === "offline") {
-    $("offline").textContent = `${msg.head}: ${msg.text}`;
-    $("offline").dataset.text = msg.text;
-    document.body.dataset.offline = "1";
-    setStatus("done");
+    showOffline(msg);
   } else if (msg.type === "error") {
     $("error").textContent = `server: ${msg.message}`;
     setStatus("error");
@@ -47,7 +80,10 @@ function onMessage(event) {
 
 async function start() {
   for (const key of ["final", "offline"]) delete document.body.dataset[key];
-  for (const id of ["partial", "segments", "offline", "error"]) $(id).textContent = "";
+  for (const id of ["partial", "offline", "error"]) $(id).textContent = "";
+  delete $("segments").dataset.count;
+  $("segments").innerHTML = "<table></table>";
+  offlineTexts.length = 0;
   const media = await navigator.mediaDevices.getUserMedia(
     { audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
   const context = new AudioContext({ sampleRate: RATE });  // the browser resamples the microphone
