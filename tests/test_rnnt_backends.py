@@ -113,3 +113,82 @@ def test_warp_rnnt_matches_torchaudio_on_cuda() -> None:
     (warp_loss, warp_grad), (ta_loss, ta_grad) = results["warp_rnnt"], results["torchaudio"]
     torch.testing.assert_close(warp_loss, ta_loss, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(warp_grad, ta_grad, rtol=1e-3, atol=1e-4)
+
+
+def _empty_target_batch(device: str):
+    """Logits of 3 utterances, the 2nd and 3rd with an empty target, and each row's blank path."""
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 9, 4, 7, generator=gen).to(device)
+    targets = torch.tensor([[3, 1, 6], [-1, -1, -1], [-1, -1, -1]], device=device)
+    t_lens = torch.tensor([9, 6, 9], device=device)
+    u_lens = torch.tensor([3, 0, 0], device=device)
+    blank_path = -logits.double().log_softmax(-1)[:, :, 0, 0].cpu()
+    expected = [None] + [float(blank_path[b, : t_lens[b]].sum()) for b in (1, 2)]
+    return logits, targets, t_lens, u_lens, expected
+
+
+def _backends_on(device: str):
+    if device == "cpu":
+        return ["torchaudio"]
+    return ["torchaudio"] + (["warp_rnnt"] if transducer._warp_rnnt() is not None else [])
+
+
+@pytest.mark.parametrize("fastemit_lambda", [0.0, 0.01])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])])
+def test_empty_target_is_the_blank_path_on_every_backend(device: str, fastemit_lambda: float) -> None:
+    """An utterance with no labels (a silence clip) costs -sum_t log P(blank | t, 0), and its
+    gradient is that of the blank path, on every backend (float64 reference)."""
+    logits, targets, t_lens, u_lens, expected = _empty_target_batch(device)
+    for backend in _backends_on(device):
+        x = logits.clone().requires_grad_(True)
+        costs = rnnt_loss(x, targets, t_lens, u_lens, reduction="none", backend=backend,
+                          fastemit_lambda=fastemit_lambda)
+        for b in (1, 2):
+            assert float(costs[b]) == pytest.approx(expected[b], rel=1e-5), (backend, b)
+        costs[1].backward()
+        ref = logits.detach().double().requires_grad_(True)
+        (-ref.log_softmax(-1)[1, : int(t_lens[1]), 0, 0].sum()).backward()
+        torch.testing.assert_close(x.grad.double().cpu(), ref.grad.cpu(), rtol=1e-4, atol=1e-5)
+
+
+class _ZeroLossNanGradOnEmptyRows(torch.autograd.Function):
+    """What torchaudio's CUDA kernel was seen to do with an empty target: the row's loss is 0
+    (and here its gradient NaN, the worst case), other rows untouched."""
+
+    @staticmethod
+    def forward(ctx, costs: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(empty)
+        return costs.masked_fill(empty, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (empty,) = ctx.saved_tensors
+        return grad.masked_fill(empty, float("nan")), None
+
+
+@pytest.mark.parametrize("fastemit_lambda", [0.0, 0.01])
+def test_empty_target_patch_replaces_a_wrong_kernel(monkeypatch: pytest.MonkeyPatch,
+                                                    fastemit_lambda: float) -> None:
+    """On CPU, with the CUDA kernel's failure emulated: the empty rows still get the exact
+    blank-path loss and gradient, and the other row keeps the kernel's own."""
+    real = torchaudio.functional.rnnt_loss
+
+    def broken(logits, targets, logit_lengths, target_lengths, **kwargs):
+        costs = real(logits, targets, logit_lengths, target_lengths, **kwargs)
+        return _ZeroLossNanGradOnEmptyRows.apply(costs, target_lengths == 0)
+
+    logits, targets, t_lens, u_lens, expected = _empty_target_batch("cpu")
+    x_ref = logits.clone().requires_grad_(True)
+    ref = rnnt_loss(x_ref, targets, t_lens, u_lens, reduction="none", backend="torchaudio",
+                    fastemit_lambda=fastemit_lambda)
+    ref.sum().backward()
+    monkeypatch.setattr(transducer.torchaudio.functional, "rnnt_loss", broken)
+    monkeypatch.setattr(transducer, "_torchaudio_mishandles_empty_targets", lambda device: True)
+    x = logits.clone().requires_grad_(True)
+    costs = rnnt_loss(x, targets, t_lens, u_lens, reduction="none", backend="torchaudio",
+                      fastemit_lambda=fastemit_lambda)
+    costs.sum().backward()
+    for b in (1, 2):
+        assert float(costs[b]) == pytest.approx(expected[b], rel=1e-5), b
+    torch.testing.assert_close(costs, ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)

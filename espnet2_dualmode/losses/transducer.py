@@ -108,6 +108,22 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+class _KeepRowsGradient(torch.autograd.Function):
+    """Identity in the forward pass; the backward pass sets the gradient of every batch row
+    where ``keep`` is False to 0 (a select, not a product, so a NaN there is dropped too)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        keep = keep.view(-1, *([1] * (grad.dim() - 1)))
+        return torch.where(keep, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+
+
 def check_fastemit_lambda(fastemit_lambda: float) -> None:
     """Reject a FastEmit weight that is negative or not finite (it would favour blank)."""
     if not math.isfinite(fastemit_lambda) or fastemit_lambda < 0:
@@ -194,6 +210,35 @@ def _validate(
     return t_lens, u_lens
 
 
+def _torchaudio_mishandles_empty_targets(device: torch.device) -> bool:
+    """Where torchaudio's RNN-T kernel gets an empty target wrong (seen on CUDA, not on CPU)."""
+    return device.type == "cuda"
+
+
+def _empty_target_costs(
+    scores: torch.Tensor,
+    lengths_t: torch.Tensor,
+    lengths_u: torch.Tensor,
+    costs: torch.Tensor,
+    blank: int,
+    fused_log_softmax: bool,
+) -> torch.Tensor:
+    """``costs`` with every empty-target row replaced by its exact NLL.
+
+    An empty target's lattice has one path, blank at each of its frames in row u = 0:
+    -sum_t log P(blank | t, 0). torchaudio 2.11's CUDA kernel returned 0 for such a row on
+    an H200 (its CPU kernel and warp-rnnt are right), which would drop from GPU training
+    the silence clips a model learns to emit nothing from; so it is computed here, and the
+    kernel's own gradient for those rows is dropped (:class:`_KeepRowsGradient`): with
+    log-prob input (FastEmit) it was wrong there too.
+    """
+    first_row = scores[:, :, 0]  # (B, T, V), or (B, T, 2) two-arc log-probs
+    log_probs = torch.log_softmax(first_row, dim=-1) if fused_log_softmax else first_row
+    frames = torch.arange(scores.size(1), device=scores.device) < lengths_t.unsqueeze(1)
+    blank_path = -(log_probs[..., blank] * frames).sum(dim=1)
+    return torch.where(lengths_u == 0, blank_path, costs)
+
+
 @float32_outside_autocast
 def rnnt_loss(
     logits: torch.Tensor,
@@ -266,8 +311,11 @@ def rnnt_loss(
             gather=True,
         )
     else:
+        # torchaudio's CUDA kernel gets empty targets wrong (_empty_target_costs): its value
+        # and gradient for those rows are replaced.
+        patch_empty = _torchaudio_mishandles_empty_targets(device) and 0 in u_lens
         costs = torchaudio.functional.rnnt_loss(
-            scores,
+            _KeepRowsGradient.apply(scores, lengths_u > 0) if patch_empty else scores,
             targets,
             lengths_t,
             lengths_u,
@@ -275,7 +323,9 @@ def rnnt_loss(
             reduction="none",
             fused_log_softmax=fused_log_softmax,
         )
-
+        if patch_empty:
+            costs = _empty_target_costs(scores, lengths_t, lengths_u, costs, blank,
+                                        fused_log_softmax)
     if reduction == "none":
         return costs
     total = costs.sum()
