@@ -25,10 +25,10 @@ ATOL = 1e-4  # float32 encoders of a few layers, as in test_encoders.py
 F = 20
 
 
-def encoder(chunk_size: int = 1, kernel: int = 7) -> DualModeConformerEncoder:
+def encoder(chunk_size: int = 1, kernel: int = 7, channels=None) -> DualModeConformerEncoder:
     torch.manual_seed(0)
     return DualModeConformerEncoder(F, 32, 2, 64, 2, 0.0, 0.0, 0.0, kernel,
-                                    chunk_size=chunk_size).eval()
+                                    chunk_size=chunk_size, subsampling_channels=channels).eval()
 
 
 def feats(batch: int = 2, frames: int = 90, seed: int = 0) -> torch.Tensor:
@@ -82,9 +82,10 @@ def test_both_modes_at_once_equal_each_mode_alone():
     assert (stream - full).abs().max() > 1e-2  # the two outputs are not one mode twice
 
 
+@pytest.mark.parametrize("channels", [None, 6], ids=["conv_d", "conv_6"])
 @pytest.mark.parametrize("chunk_size", [1, 4])
-def test_incremental_equals_parallel_streaming_mode_for_any_chunking(chunk_size):
-    enc = encoder(chunk_size)
+def test_incremental_equals_parallel_streaming_mode_for_any_chunking(chunk_size, channels):
+    enc = encoder(chunk_size, channels=channels)
     x = feats(2, 97)
     want, olens, _ = enc.forward_layers(x, torch.tensor([97, 97]), streaming=True)
     full, _, _ = enc.forward_layers(x, torch.tensor([97, 97]), streaming=False)

@@ -15,11 +15,13 @@ TOL = 1e-4
 FEAT = 12
 
 
-def small_stream(block=8, hop=3, look_ahead=2, layers=3) -> ContextualBlockConformerEncoder:
+def small_stream(block=8, hop=3, look_ahead=2, layers=3, channels=None
+                 ) -> ContextualBlockConformerEncoder:
     torch.manual_seed(0)
     return ContextualBlockConformerEncoder(
         FEAT, output_size=16, attention_heads=2, linear_units=32, num_blocks=layers,
-        cnn_module_kernel=5, block_size=block, hop_size=hop, look_ahead=look_ahead).eval()
+        cnn_module_kernel=5, block_size=block, hop_size=hop, look_ahead=look_ahead,
+        subsampling_channels=channels).eval()
 
 
 def padded_batch(lengths, seed=1):
@@ -33,9 +35,10 @@ def padded_batch(lengths, seed=1):
 LENGTHS = [203, 64, 37, 9, 7]  # several blocks, < one block, exactly one output frame
 
 
+@pytest.mark.parametrize("channels", [None, 6], ids=["conv_d", "conv_6"])
 @pytest.mark.parametrize("geometry", [(8, 3, 2), (8, 4, 0), (6, 2, 4)])
-def test_streaming_encoder_is_batch_invariant(geometry):
-    enc = small_stream(*geometry)
+def test_streaming_encoder_is_batch_invariant(geometry, channels):
+    enc = small_stream(*geometry, channels=channels)
     x, lens = padded_batch(LENGTHS)
     with torch.no_grad():
         ys, olens, layers = enc.forward_layers(x, lens)
@@ -94,9 +97,10 @@ def run_incremental(enc, feats, chunk_sizes):
     return torch.cat(outs, dim=1)
 
 
+@pytest.mark.parametrize("channels", [None, 6], ids=["conv_d", "conv_6"])
 @pytest.mark.parametrize("seed", range(4))
-def test_incremental_equals_parallel_for_random_chunks(seed):
-    enc = small_stream()
+def test_incremental_equals_parallel_for_random_chunks(seed, channels):
+    enc = small_stream(channels=channels)
     x, lens = padded_batch(LENGTHS, seed=seed)
     g = torch.Generator().manual_seed(100 + seed)
     with torch.no_grad():

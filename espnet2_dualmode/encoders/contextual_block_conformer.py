@@ -37,9 +37,6 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-from espnet.nets.pytorch_backend.transformer.subsampling_without_posenc import (
-    Conv2dSubsamplingWOPosEnc,
-)
 from torch import nn
 
 from espnet2_dualmode.encoders.conformer_layer import (
@@ -48,6 +45,7 @@ from espnet2_dualmode.encoders.conformer_layer import (
     sinusoid,
     subsampled_lengths,
 )
+from espnet2_dualmode.encoders.subsampling import conv2d_subsampling
 
 SUBSAMPLING = 4
 
@@ -140,6 +138,8 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
         dynamic_block_sizes: block sizes drawn per training batch (None: fixed geometry).
         dynamic_hop_ratio, dynamic_look_ahead_ratio: hop and look-ahead of each dynamic
             block size as a fraction of it (rounded half up).
+        subsampling_channels: width of the conv2d subsampling (None: output_size; see
+            :mod:`espnet2_dualmode.encoders.subsampling`).
     """
 
     def __init__(
@@ -159,6 +159,7 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
         dynamic_block_sizes: Optional[Sequence[int]] = None,
         dynamic_hop_ratio: float = 0.4,
         dynamic_look_ahead_ratio: float = 0.4,
+        subsampling_channels: Optional[int] = None,
     ):
         super().__init__()
         self.default_geometry = check_geometry(BlockGeometry(block_size, hop_size, look_ahead))
@@ -169,7 +170,7 @@ class ContextualBlockConformerEncoder(LayerOutputsEncoder):
         self._geometry = self.default_geometry
         self.input_size = input_size
         self._output_size = output_size
-        self.embed = Conv2dSubsamplingWOPosEnc(input_size, output_size, dropout_rate, [3, 3], [2, 2])
+        self.embed = conv2d_subsampling(input_size, output_size, dropout_rate, subsampling_channels)
         self.pos_dropout = nn.Dropout(positional_dropout_rate)
         self.encoders = nn.ModuleList(
             ConformerLayer(output_size, attention_heads, linear_units, cnn_module_kernel,

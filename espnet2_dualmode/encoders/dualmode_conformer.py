@@ -35,13 +35,11 @@ from espnet.nets.pytorch_backend.transformer.attention import MultiHeadedAttenti
 from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (
     PositionwiseFeedForward,
 )
-from espnet.nets.pytorch_backend.transformer.subsampling_without_posenc import (
-    Conv2dSubsamplingWOPosEnc,
-)
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from torch import nn
 
 from espnet2_dualmode.encoders.conformer_layer import sinusoid, subsampled_lengths
+from espnet2_dualmode.encoders.subsampling import conv2d_subsampling
 from espnet2_dualmode.encoders.contextual_block_conformer import SUBSAMPLING, min_input_frames
 
 logger = logging.getLogger(__name__)
@@ -205,6 +203,8 @@ class DualModeConformerEncoder(AbsEncoder):
             frames up to the end of its chunk of ``chunk_size`` frames, so the look-ahead is at
             most ``chunk_size - 1`` frames and does not grow with depth (the convolution is
             causal). 1 (default) is the paper's left-context-only attention.
+        subsampling_channels: width of the conv2d subsampling (None: output_size; see
+            :mod:`espnet2_dualmode.encoders.subsampling`).
     """
 
     def __init__(
@@ -219,6 +219,7 @@ class DualModeConformerEncoder(AbsEncoder):
         attention_dropout_rate: float = 0.0,
         cnn_module_kernel: int = 31,
         chunk_size: int = 1,
+        subsampling_channels: Optional[int] = None,
     ):
         super().__init__()
         if chunk_size < 1:
@@ -226,8 +227,7 @@ class DualModeConformerEncoder(AbsEncoder):
         self.input_size = input_size
         self._output_size = output_size
         self.chunk_size = chunk_size
-        self.embed = Conv2dSubsamplingWOPosEnc(input_size, output_size, dropout_rate,
-                                               [3, 3], [2, 2])
+        self.embed = conv2d_subsampling(input_size, output_size, dropout_rate, subsampling_channels)
         self.pos_dropout = nn.Dropout(positional_dropout_rate)
         self.encoders = nn.ModuleList(
             DualModeConformerLayer(output_size, attention_heads, linear_units, cnn_module_kernel,

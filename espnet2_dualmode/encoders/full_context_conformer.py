@@ -15,9 +15,6 @@ from typing import List, Optional, Tuple
 
 import torch
 from espnet.nets.pytorch_backend.transformer.embedding import RelPositionalEncoding
-from espnet.nets.pytorch_backend.transformer.subsampling_without_posenc import (
-    Conv2dSubsamplingWOPosEnc,
-)
 from torch import nn
 
 from espnet2_dualmode.encoders.conformer_layer import (
@@ -25,6 +22,7 @@ from espnet2_dualmode.encoders.conformer_layer import (
     LayerOutputsEncoder,
     subsampled_lengths,
 )
+from espnet2_dualmode.encoders.subsampling import conv2d_subsampling
 
 
 class FullContextConformerEncoder(LayerOutputsEncoder):
@@ -38,6 +36,8 @@ class FullContextConformerEncoder(LayerOutputsEncoder):
         cnn_module_kernel: depthwise convolution kernel.
         input_layer: None (cascade; a linear projection is added when input_size differs
             from output_size) or "conv2d" (4x subsampling of features).
+        subsampling_channels: with "conv2d", the width of its convolutions (None:
+            output_size; see :mod:`espnet2_dualmode.encoders.subsampling`).
     """
 
     def __init__(
@@ -52,13 +52,14 @@ class FullContextConformerEncoder(LayerOutputsEncoder):
         attention_dropout_rate: float = 0.0,
         cnn_module_kernel: int = 31,
         input_layer: Optional[str] = None,
+        subsampling_channels: Optional[int] = None,
     ):
         super().__init__()
         self._output_size = output_size
         self.input_layer = input_layer
         if input_layer == "conv2d":
-            self.embed: nn.Module = Conv2dSubsamplingWOPosEnc(
-                input_size, output_size, dropout_rate, [3, 3], [2, 2])
+            self.embed: nn.Module = conv2d_subsampling(input_size, output_size, dropout_rate,
+                                                       subsampling_channels)
         elif input_layer is None:
             self.embed = nn.Identity() if input_size == output_size else nn.Linear(input_size, output_size)
         else:
