@@ -18,6 +18,9 @@ install_requires = [
     "tensorboard",
     "pyopenjtalk-plus",
     "aiohttp>=3.9",  # the server (espnet2_dualmode.bin.serve); web.AppKey needs 3.9
+    # ESPnet imports g2p_en, hence inflect, in every process; 7.2+ wraps its functions with
+    # typeguard at import time, 2.5-3.9 s against 0.3-0.5 s for 7.0 here (jaraco/inflect#212)
+    "inflect<7.2",
 ]
 
 setup(

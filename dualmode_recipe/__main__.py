@@ -402,6 +402,24 @@ def _add_results(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="RESULTS.md to write")
 
 
+def _learning_curve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    from dualmode_recipe.learning_curve import write_learning_curve
+
+    _run(args, lambda: print(write_learning_curve(args.checkpoint, args.output_dir,
+                                                  args.title)))
+
+
+def _add_learning_curve(p: argparse.ArgumentParser) -> None:
+    p.description = ("Write OUTPUT_DIR/learning_curve.md (a row per epoch: cumulative minutes "
+                     "of the training and validation loops, validation greedy CER of every "
+                     "head that reports one) and OUTPUT_DIR/learning_curve.png (CER against "
+                     "minutes) from the reporter saved in an ESPnet checkpoint.pth, and print "
+                     "the Markdown.")
+    p.add_argument("--checkpoint", required=True, help="<exp dir>/checkpoint.pth")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--title", required=True, help="heading of the table and the plot")
+
+
 def _sweep_geometry(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     from dualmode_recipe.sweep import geometry_name, geometry_options, sweep_geometry
 
@@ -555,6 +573,9 @@ COMMANDS = {
     "results": (_add_results, _results, "write RESULTS.md of a decoding directory"),
     "check_empty": (_add_check_empty, _check_empty,
                     "fail unless every head decoded a non-speech test set to empty text"),
+    "learning_curve": (_add_learning_curve, _learning_curve,
+                       "write the learning curve (validation CER against training minutes) "
+                       "of a trained model"),
     "sweep_geometry": (_add_sweep_geometry, _sweep_geometry,
                        "print the geometry of a block size in the sweep (stage 14)"),
     "sweep_report": (_add_sweep_report, _sweep_report,

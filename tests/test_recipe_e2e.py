@@ -94,6 +94,18 @@ def test_stages_1_to_13_write_results(demo) -> None:
     assert "dev error rate" in (decode / "joint_tuning" / "tuning.md").read_text()
     joint_log = (decode / "joint" / "test" / "logdir" / "decode.1.log").read_text()
     assert "joint_tuning/joint_decode.yaml" in joint_log
+    # the learning curve: the one epoch's validation CERs as the training log printed them
+    logged = next(m for log in sorted((exp / "logs").glob("*.log"))
+                  for m in re.findall(r"1epoch results: .*\[valid\](.*)", log.read_text()))
+    curve = (exp / "learning_curve.md").read_text()
+    assert curve in results and (exp / "learning_curve.png").is_file()
+    header, _, row = re.search(r"^(\|epoch\|minutes\|.*)\n(.*)\n(\|1\|.*)$", curve,
+                               flags=re.M).groups()
+    cells = dict(zip(header.strip("|").split("|"), row.strip("|").split("|")))
+    for key, label in (("cer_onl", "streaming RNN-T"), ("cer_ctc", "full-context CTC")):
+        value = float(re.search(rf"\b{key}=([\d.e-]+)", logged).group(1))
+        assert float(cells[label]) == pytest.approx(100 * value, abs=0.051), key
+    assert float(cells["minutes"]) > 0
 
 
 def test_finished_decoding_is_skipped_and_a_head_config_redecodes_that_head(

@@ -3,7 +3,7 @@
 # Stage numbers and directory layout follow ESPnet's egs2/TEMPLATE/asr1/asr.sh:
 #   1 data preparation   2 speed perturbation   3 format (dump)   4 filtering
 #   5 token list        10 statistics          11 training       12 decoding
-#  13 scoring and RESULTS.md
+#  13 scoring and RESULTS.md (with the learning curve: validation CER against minutes)
 #  14 block-size sweep of the trained model (only with --sweep_block_sizes): Figure 2 from
 #     one model, <decode dir>/sweep/sweep.{md,png}
 # Every stage leaves a marker (.done_stageN) recording the arguments that shape its
@@ -916,6 +916,12 @@ if [ "${stage}" -le 13 ] && [ "${stop_stage}" -ge 13 ]; then
             fi
             { echo; cat "${decode_root}/non_speech_${dset}.md"; } >> "${asr_exp}/RESULTS.md"
         done
+        if [ -f "${asr_exp}/checkpoint.pth" ]; then  # absent for a model trained elsewhere
+            run_logged "${python}" -m dualmode_recipe learning_curve \
+                --checkpoint "${asr_exp}/checkpoint.pth" --output_dir "${asr_exp}" \
+                --title "Learning curve of ${asr_exp}"
+            { echo; cat "${asr_exp}/learning_curve.md"; } >> "${asr_exp}/RESULTS.md"
+        fi
         if [ "${non_speech_ok}" = true ] || [ "${non_speech_check}" = report ]; then
             mark_done "${decode_root}/.done_stage13" "${sig}"
         fi

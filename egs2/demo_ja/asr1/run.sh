@@ -6,9 +6,9 @@
 # The joint head's weights are tuned on dev (stage 12, --tune_joint); the non_speech test set
 # must decode to empty text (stage 13). Figure 2 from this one model, after the default
 # stages (a table and a PNG of CER against algorithmic latency, in exp/<model>/decode_*/sweep/):
-#   ./run.sh --stage 14 --sweep_block_sizes "8 12 16 24 32" \
-#       --sweep_hop_ratio 0.5 --sweep_look_ahead_ratio 0.25     # the ratios of 16/8/4
-# The default model is trained at 16/8/4 only, so the other block sizes decode with a
+#   ./run.sh --stage 14 --sweep_block_sizes "4 6 8 12 16" \
+#       --sweep_hop_ratio 0.5 --sweep_look_ahead_ratio 0.25     # the ratios of 8/4/2
+# The default model is trained at 8/4/2 only, so the other block sizes decode with a
 # warning; a model trained with dynamic blocks covers them all: the same command with
 # --asr_config_overrides conf/dynamic_blocks.yaml and without --stage 14.
 # The Dual-mode variant (shared weights, in-place KD) at the demo's size, with and without KD and
@@ -39,11 +39,11 @@ case "${corpus_size}" in
     *) echo "$0: --corpus_size must be tiny, small or full, got '${corpus_size}'" >&2; exit 2 ;;
 esac
 # Up to 0.3 s of silence before and after the speech, white noise at 25 dB SNR on half of
-# the utterances, and 5 % extra clips of silence or noise with an empty transcript: the
+# the utterances, and 10 % extra clips of silence or noise with an empty transcript: the
 # model learns to emit nothing on silence and noise (local/data.sh, --keep_empty_text).
 # The test set non_speech (60 s of digital silence, 60 s of white noise at -50 dBFS; 10 s
 # each for tiny) must decode to empty text in every head: stage 13 fails otherwise.
-corpus_opts="--pad_seconds 0.3 --noise_snr_db 25 --noise_fraction 0.5 --empty_fraction 0.05"
+corpus_opts="--pad_seconds 0.3 --noise_snr_db 25 --noise_fraction 0.5 --empty_fraction 0.1"
 
 ./dualmode_asr.sh \
     --ngpu 0 \
