@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from dualmode_recipe.compare import parse_timespan
 from dualmode_recipe.config import load_mapping, merge_config
 from recipe_sandbox import REPO, make_recipe, read_map, run_recipe
 
@@ -95,8 +96,9 @@ def test_stages_1_to_13_write_results(demo) -> None:
     joint_log = (decode / "joint" / "test" / "logdir" / "decode.1.log").read_text()
     assert "joint_tuning/joint_decode.yaml" in joint_log
     # the learning curve: the one epoch's validation CERs as the training log printed them
-    logged = next(m for log in sorted((exp / "logs").glob("*.log"))
-                  for m in re.findall(r"1epoch results: .*\[valid\](.*)", log.read_text()))
+    train, logged = next(m for log in sorted((exp / "logs").glob("*.log"))
+                         for m in re.findall(r"1epoch results: \[train\](.*)\[valid\](.*)",
+                                             log.read_text()))
     curve = (exp / "learning_curve.md").read_text()
     assert curve in results and (exp / "learning_curve.png").is_file()
     header, _, row = re.search(r"^(\|epoch\|minutes\|.*)\n(.*)\n(\|1\|.*)$", curve,
@@ -105,7 +107,9 @@ def test_stages_1_to_13_write_results(demo) -> None:
     for key, label in (("cer_onl", "streaming RNN-T"), ("cer_ctc", "full-context CTC")):
         value = float(re.search(rf"\b{key}=([\d.e-]+)", logged).group(1))
         assert float(cells[label]) == pytest.approx(100 * value, abs=0.051), key
-    assert float(cells["minutes"]) > 0
+    seconds = sum(parse_timespan(re.search(r"\btime=([^,]+)", part).group(1))
+                  for part in (train, logged))
+    assert float(cells["minutes"]) == pytest.approx(seconds / 60, abs=0.051)
 
 
 def test_finished_decoding_is_skipped_and_a_head_config_redecodes_that_head(
