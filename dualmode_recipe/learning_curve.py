@@ -29,6 +29,7 @@ LABELS = {
     "cer_stream_ctc": "streaming CTC",
     "cer_rnnt": "full-context RNN-T",
     "cer_ctc": "full-context CTC",
+    "cer_att": "full-context attention",
 }
 
 

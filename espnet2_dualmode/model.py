@@ -59,6 +59,7 @@ from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
+from espnet2_dualmode.decoding.attention_search import attention_greedy
 from espnet2_dualmode.decoding.ctc_search import ctc_greedy
 from espnet2_dualmode.decoding.transducer_search import greedy_search
 from espnet2_dualmode.encoders.contextual_block_conformer import ContextualBlockConformerEncoder
@@ -588,6 +589,9 @@ class DualModeASRModel(AbsESPnetModel):
             if self.ctc is not None:
                 hyps["ctc"] = [h.tokens for h in ctc_greedy(
                     self.ctc.log_softmax(enc.full), enc.lengths, self.blank_id)]
+            if self.att_decoder is not None and self.offline_weights["att"] > 0:
+                hyps["att"] = [h.tokens for h in attention_greedy(
+                    self.att_decoder, enc.full, enc.lengths, self.sos, self.eos)]
         if self.stream_ctc is not None:
             hyps["stream_ctc"] = [h.tokens for h in ctc_greedy(
                 self.stream_ctc.log_softmax(enc.stream), enc.lengths, self.blank_id)]

@@ -29,6 +29,7 @@ from espnet2_dualmode.decoding import (
     AttentionBeamSearch,
     MaskCTCSearch,
     TransducerSearch,
+    attention_greedy,
     attention_sequence_scores,
     ctc_greedy,
     ctc_prefix_beam_search,
@@ -352,6 +353,25 @@ def _attention_model(vocab: int, dim: int, seed: int):
     return decoder, ctc
 
 
+def _reference_greedy(decoder: TransformerDecoder, enc: torch.Tensor, eos: int
+                      ) -> Tuple[List[int], float]:
+    """Greedy decoding of one unpadded utterance (T, D), the whole prefix recomputed per
+    token: at most T tokens (ESPnet's limit), the score summed in float64."""
+    n = enc.size(0)
+    ys, score = [eos], 0.0
+    for _ in range(n):
+        with torch.no_grad():
+            logits, _ = decoder(enc[None], torch.tensor([n]), torch.tensor([ys]),
+                                torch.tensor([len(ys)]))
+        logp = torch.log_softmax(logits[0, -1].double(), dim=-1)
+        k = int(logp.argmax())
+        score += float(logp[k])
+        ys.append(k)
+        if k == eos:
+            break
+    return (ys[1:-1] if ys[-1] == eos else ys[1:]), score
+
+
 def test_attention_beam1_without_ctc_equals_greedy_decoding():
     vocab, dim = 12, 8
     decoder, ctc = _attention_model(vocab, dim, seed=9)
@@ -361,21 +381,29 @@ def test_attention_beam1_without_ctc_equals_greedy_decoding():
     search = AttentionBeamSearch(decoder, ctc, vocab, eos, eos, beam_size=1, ctc_weight=0.0)
     results = search(enc, lens)
     for b in range(2):
-        n = int(lens[b])
-        ys, score = [eos], 0.0
-        for _ in range(n):  # ESPnet: at most T tokens, then eos is appended unscored
-            with torch.no_grad():
-                logits, _ = decoder(enc[b : b + 1, :n], torch.tensor([n]),
-                                    torch.tensor([ys]), torch.tensor([len(ys)]))
-            logp = torch.log_softmax(logits[0, -1].double(), dim=-1)
-            k = int(logp.argmax())
-            score += float(logp[k])
-            ys.append(k)
-            if k == eos:
-                break
-        tokens = ys[1:-1] if ys[-1] == eos else ys[1:]
+        tokens, score = _reference_greedy(decoder, enc[b, : int(lens[b])], eos)
         assert results[b][0].tokens == tokens
         assert results[b][0].score == pytest.approx(score, abs=SCORE_TOL)
+
+
+def test_batched_attention_greedy_equals_one_utterance_at_a_time():
+    """The validation's batched greedy search against the per-utterance reference and
+    ESPnet's beam search of width 1: padded frames must not leak into any utterance."""
+    vocab, dim = 12, 8
+    decoder, ctc = _attention_model(vocab, dim, seed=21)
+    eos = vocab - 1
+    torch.manual_seed(22)
+    enc = torch.randn(6, 9, dim) * 3
+    lens = torch.tensor([9, 1, 4, 9, 6, 2])
+    results = attention_greedy(decoder, enc, lens, eos, eos)
+    beam1 = AttentionBeamSearch(decoder, ctc, vocab, eos, eos, beam_size=1, ctc_weight=0.0)(enc, lens)
+    ended_by_eos = 0
+    for b, n in enumerate(lens.tolist()):
+        tokens, score = _reference_greedy(decoder, enc[b, :n], eos)
+        ended_by_eos += len(tokens) < n
+        assert results[b].tokens == tokens == beam1[b][0].tokens, b
+        assert results[b].score == pytest.approx(score, abs=SCORE_TOL)
+    assert 0 < ended_by_eos < len(lens)  # both stopping rules are exercised
 
 
 def test_attention_ctc_joint_score_is_weighted_sequence_log_likelihood():

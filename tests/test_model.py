@@ -117,6 +117,7 @@ def test_each_variant_learns_and_reports_its_losses(name, token_list):
     expected_cer = {"cer_onl"} if "loss_onl" in EXPECTED_STATS[name] else set()
     expected_cer |= {"cer_rnnt"} if "loss_rnnt" in EXPECTED_STATS[name] else set()
     expected_cer |= {"cer_ctc"} if "loss_ctc" in EXPECTED_STATS[name] else set()
+    expected_cer |= {"cer_att"} if "loss_att" in EXPECTED_STATS[name] else set()
     assert cers == expected_cer
 
 

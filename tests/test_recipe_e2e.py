@@ -104,7 +104,8 @@ def test_stages_1_to_13_write_results(demo) -> None:
     header, _, row = re.search(r"^(\|epoch\|minutes\|.*)\n(.*)\n(\|1\|.*)$", curve,
                                flags=re.M).groups()
     cells = dict(zip(header.strip("|").split("|"), row.strip("|").split("|")))
-    for key, label in (("cer_onl", "streaming RNN-T"), ("cer_ctc", "full-context CTC")):
+    for key, label in (("cer_onl", "streaming RNN-T"), ("cer_ctc", "full-context CTC"),
+                       ("cer_att", "full-context attention")):
         value = float(re.search(rf"\b{key}=([\d.e-]+)", logged).group(1))
         assert float(cells[label]) == pytest.approx(100 * value, abs=0.051), key
     seconds = sum(parse_timespan(re.search(r"\btime=([^,]+)", part).group(1))

@@ -3,12 +3,13 @@
 * :class:`TransducerSearch` / :func:`greedy_search`: batched, time-synchronous RNN-T
   search that can be advanced encoder block by encoder block (streaming and offline).
 * :func:`ctc_greedy`, :func:`ctc_prefix_beam_search`: CTC decoding.
-* :class:`AttentionBeamSearch`: joint CTC/attention beam search (ESPnet's).
+* :class:`AttentionBeamSearch`: joint CTC/attention beam search (ESPnet's);
+  :func:`attention_greedy`: batched greedy attention decoding (validation).
 * :class:`MaskCTCSearch`: Mask-CTC iterative decoding with the MLM decoder.
 * ``*_sequence_scores`` and :func:`rescore`: n-best rescoring with every head.
 """
 
-from espnet2_dualmode.decoding.attention_search import AttentionBeamSearch
+from espnet2_dualmode.decoding.attention_search import AttentionBeamSearch, attention_greedy
 from espnet2_dualmode.decoding.ctc_search import ctc_greedy, ctc_prefix_beam_search
 from espnet2_dualmode.decoding.hypothesis import Hypothesis
 from espnet2_dualmode.decoding.mask_ctc import MaskCTCSearch
@@ -31,6 +32,7 @@ __all__ = [
     "MaskCTCSearch",
     "TransducerSearch",
     "TransducerSearchState",
+    "attention_greedy",
     "attention_sequence_scores",
     "ctc_greedy",
     "ctc_prefix_beam_search",

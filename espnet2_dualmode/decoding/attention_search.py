@@ -3,6 +3,9 @@
 The scorers and weights are ESPnet's own (``espnet2/bin/asr_inference.py``): score =
 (1 - ctc_weight) * decoder + ctc_weight * CTC prefix score + penalty * length. The search
 runs one utterance at a time (ESPnet's batch dimension is the beam).
+
+:func:`attention_greedy` is the batched greedy search of the validation error rate: the
+whole batch in one label-synchronous loop (ESPnet's search is one utterance at a time).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import List, Optional, Sequence
 
 import torch
 from espnet.nets.batch_beam_search import BatchBeamSearch
+from espnet.nets.pytorch_backend.transformer.mask import subsequent_mask
 from espnet.nets.scorer_interface import BatchScorerInterface
 from espnet.nets.scorers.ctc import CTCPrefixScorer
 from espnet.nets.scorers.length_bonus import LengthBonus
@@ -125,3 +129,44 @@ class AttentionBeamSearch:
         while tokens and tokens[-1] == self.eos:
             tokens.pop()
         return Hypothesis(tokens, float(score))
+
+
+@torch.no_grad()
+def attention_greedy(decoder: torch.nn.Module, enc_out: torch.Tensor, enc_lens: torch.Tensor,
+                     sos: int, eos: int) -> List[Hypothesis]:
+    """Greedy attention decoding of a padded batch, as a beam of 1 without CTC.
+
+    Each utterance takes the most likely next token until it picks ``eos`` or has as many
+    tokens as encoder frames (ESPnet's ``maxlenratio=0`` limit); the padded frames are
+    masked out of the source attention.
+
+    Args:
+        decoder: attention decoder with ESPnet's ``forward_one_step`` (e.g. ``TransformerDecoder``).
+        enc_out: encoder output (B, T, D).
+        enc_lens: valid frames per utterance (B,).
+        sos, eos: start- and end-of-sentence ids.
+
+    Returns:
+        Per utterance, its tokens without sos/eos and the sum of their log-probabilities.
+    """
+    batch, frames, _ = enc_out.shape
+    memory_mask = (torch.arange(frames, device=enc_out.device) < enc_lens.unsqueeze(1)).unsqueeze(1)
+    ys = torch.full((batch, 1), sos, dtype=torch.long, device=enc_out.device)
+    scores = enc_out.new_zeros(batch)
+    running = torch.ones(batch, dtype=torch.bool, device=enc_out.device)
+    cache = None
+    for step in range(int(enc_lens.max())):
+        tgt_mask = subsequent_mask(step + 1, device=enc_out.device).unsqueeze(0)
+        logp, cache = decoder.forward_one_step(ys, tgt_mask, enc_out, memory_mask, cache=cache)
+        best, token = logp.max(dim=-1)
+        scores = scores + torch.where(running, best, best.new_zeros(()))
+        token = torch.where(running, token, token.new_full((), eos))
+        ys = torch.cat([ys, token.unsqueeze(1)], dim=1)
+        running = running & (token != eos) & (enc_lens > step + 1)
+        if not bool(running.any()):
+            break
+    results = []
+    for row, score in zip(ys[:, 1:].tolist(), scores.tolist()):
+        tokens = row[: row.index(eos)] if eos in row else row
+        results.append(Hypothesis(tokens, score))
+    return results
