@@ -353,8 +353,8 @@ def _attention_model(vocab: int, dim: int, seed: int):
     return decoder, ctc
 
 
-def _reference_greedy(decoder: TransformerDecoder, enc: torch.Tensor, eos: int
-                      ) -> Tuple[List[int], float]:
+def _attention_reference_greedy(decoder: TransformerDecoder, enc: torch.Tensor, eos: int
+                                ) -> Tuple[List[int], float]:
     """Greedy decoding of one unpadded utterance (T, D), the whole prefix recomputed per
     token: at most T tokens (ESPnet's limit), the score summed in float64."""
     n = enc.size(0)
@@ -381,7 +381,7 @@ def test_attention_beam1_without_ctc_equals_greedy_decoding():
     search = AttentionBeamSearch(decoder, ctc, vocab, eos, eos, beam_size=1, ctc_weight=0.0)
     results = search(enc, lens)
     for b in range(2):
-        tokens, score = _reference_greedy(decoder, enc[b, : int(lens[b])], eos)
+        tokens, score = _attention_reference_greedy(decoder, enc[b, : int(lens[b])], eos)
         assert results[b][0].tokens == tokens
         assert results[b][0].score == pytest.approx(score, abs=SCORE_TOL)
 
@@ -399,7 +399,7 @@ def test_batched_attention_greedy_equals_one_utterance_at_a_time():
     beam1 = AttentionBeamSearch(decoder, ctc, vocab, eos, eos, beam_size=1, ctc_weight=0.0)(enc, lens)
     ended_by_eos = 0
     for b, n in enumerate(lens.tolist()):
-        tokens, score = _reference_greedy(decoder, enc[b, :n], eos)
+        tokens, score = _attention_reference_greedy(decoder, enc[b, :n], eos)
         ended_by_eos += len(tokens) < n
         assert results[b].tokens == tokens == beam1[b][0].tokens, b
         assert results[b].score == pytest.approx(score, abs=SCORE_TOL)
