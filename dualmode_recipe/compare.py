@@ -24,9 +24,9 @@ also gives the model's parameters (counted on the model that ``config.yaml`` bui
 for streaming rows, the latency that stage 13 measured (``<decode dir>/latency/latency.json``):
 Latency@50/@90 (last token after the end of speech, Dual-mode ASR's metric; only where the
 corpus knows where its speech ends) and the per-token emission delay P50/P90; and the median
-training time per epoch, from the ``Nepoch results: [train] ... time=...`` lines of ESPnet's
-training logs (``train.log``, or ``logs/train.*.log`` of our stage 11), as measured wherever
-and under whatever load the training ran.
+training time per epoch, from the reporter of ESPnet's trainer in ``checkpoint.pth`` (what
+its ``Nepoch results: [train] ... time=...`` log lines print), as measured wherever and under
+whatever load the training ran.
 
 The shared-weights Dual-mode model (``model: shared``) has both modes in one encoder: its
 streaming row is head ``streaming`` and its full-context row ``--offline_head``, as for the
@@ -38,7 +38,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from dualmode_recipe.config import config_value
+from dualmode_recipe.learning_curve import epoch_seconds, read_reporter
 from dualmode_recipe.results import SEGMENT_LATENCY_KEYS, TITLE, read_error_rate, read_latency
 from dualmode_recipe.sweep import (
     LATENCY_DEFINITION,
@@ -142,37 +142,14 @@ def count_parameters(config: Mapping[str, Any]) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-EPOCH_LINE = re.compile(r"(\d+)epoch results: \[train\](.*?)(?:\[valid\]|$)")
-TIMESPAN_PART = re.compile(r"([\d.]+) (second|minute|hour|day)s?\b")
-TIMESPAN_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
-
-
-def parse_timespan(text: str) -> float:
-    """Seconds of a timespan as ESPnet's trainer logs it (humanfriendly's
-    ``format_timespan``: "1 minute and 34.01 seconds", "2 hours, 3 minutes and 4 seconds").
-
-    Raises:
-        ValueError: no ``<number> <unit>`` part in ``text``.
-    """
-    parts = TIMESPAN_PART.findall(text)
-    if not parts:
-        raise ValueError(f"not a timespan: {text!r}")
-    return sum(float(n) * TIMESPAN_SECONDS[unit] for n, unit in parts)
-
-
 def training_minutes_per_epoch(exp_dir: Path) -> float:
-    """The median training time of an epoch in minutes (the ``[train]`` part's ``time=`` of
-    each ``Nepoch results`` line; an epoch logged by several ranks counts once); NaN when no
-    training log has such a line (e.g. the logs were not kept)."""
-    seconds: Dict[int, float] = {}
-    for log in sorted([exp_dir / "train.log", *sorted((exp_dir / "logs").glob("train.*.log"))]):
-        if not log.is_file():
-            continue
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-            match = EPOCH_LINE.search(line)
-            timing = match and re.search(r"\btime=([^,]+)", match.group(2))
-            if timing:
-                seconds.setdefault(int(match.group(1)), parse_timespan(timing.group(1)))
+    """The median training time of an epoch in minutes, from the reporter of ESPnet's trainer
+    in ``checkpoint.pth`` (the ``[train]`` part's wall time; it survives a resumed run, unlike
+    the training logs); NaN without that file or an epoch in it."""
+    checkpoint = exp_dir / "checkpoint.pth"
+    if not checkpoint.is_file():
+        return math.nan
+    seconds = epoch_seconds(read_reporter(checkpoint), "train", str(checkpoint))
     return statistics.median(seconds.values()) / 60 if seconds else math.nan
 
 
@@ -273,7 +250,7 @@ def model_cells(row: Row) -> List[str]:
     """The row's parameters (M), training minutes per epoch, Latency@50/@90 and token delay
     P50/P90 (ms) cells; latency only for streaming rows that stage 13 measured
     (:data:`NOT_MEASURED` else), the token delay only where the model had a CTC head to align
-    tokens with (not NaN), the epoch time only where the training logs give it."""
+    tokens with (not NaN), the epoch time only where checkpoint.pth gives it."""
     e = row.experiment
     if e is None:
         return [NOT_MEASURED] * 4
@@ -317,7 +294,7 @@ def comparison_table(rows: Sequence[Row], test_sets: Sequence[str], unit: str,
                         for m, i in base.items())
     lines = [f"{TITLE[unit]} (%): abs. and rel.(%) = (baseline - abs.) / baseline x 100; "
              f"{caption}. Params: the whole model. Min/epoch: median training time of an epoch "
-             f"(from the training logs). Latency@50/@90: the last token's emission "
+             f"(from the trainer's checkpoint.pth). Latency@50/@90: the last token's emission "
              f"after the end of speech; token delay: each token's emission after the end of "
              f"its speech (streaming rows, from stage 13's latency.json).", "",
              "|row|experiment|" + "".join(f"{s} abs.|{s} rel.(%)|" for s in test_sets)

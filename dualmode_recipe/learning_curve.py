@@ -6,8 +6,9 @@ with the wall time of each part as ``"time"``). Unlike the training log, that su
 resumed run whole, so the curve is read from there. The x axis is the cumulative time of
 the training and validation loops; start-up, checkpoint writing and any time lost before a
 resume are not in it. The y values are the greedy error rates the model computes on the
-validation set (``cer_onl``: streaming RNN-T, ``cer_rnnt``, ``cer_ctc``, ...; the
-attention heads report accuracy only, so they have no error rate here).
+validation set (``cer_onl``: streaming RNN-T, ``cer_rnnt``, ``cer_ctc``, ``cer_att``, ...;
+the Mask-CTC decoder reports accuracy only, so it has no error rate here). ``compare``
+reads its epoch times from the same reporter (:func:`epoch_seconds`).
 """
 
 from __future__ import annotations
@@ -55,15 +56,10 @@ def curve_from_reporter(state: Mapping[str, Any], source: str = "reporter") -> L
         ValueError: no epoch with a validation part, or a part without its ``time``; the
             message names ``source``.
     """
-    stats = state.get("stats") if isinstance(state, Mapping) else None
-    if not isinstance(stats, Mapping):
-        raise ValueError(f"{source}: no reporter statistics")
+    train, valid_time = epoch_seconds(state, "train", source), epoch_seconds(state, "valid", source)
     points, elapsed = [], 0.0
-    for epoch in sorted(stats):
-        parts = stats[epoch]
-        for part in ("train", "valid"):
-            if part in parts:
-                elapsed += _seconds(parts[part].get("time"), f"{source}: epoch {epoch} {part}")
+    for epoch, parts in sorted(state["stats"].items()):
+        elapsed += train.get(int(epoch), 0.0) + valid_time.get(int(epoch), 0.0)
         valid = parts.get("valid")
         if valid is None:
             continue
@@ -74,8 +70,8 @@ def curve_from_reporter(state: Mapping[str, Any], source: str = "reporter") -> L
     return points
 
 
-def read_curve(checkpoint: str | os.PathLike) -> List[EpochPoint]:
-    """The learning curve saved in an ESPnet ``checkpoint.pth``.
+def read_reporter(checkpoint: str | os.PathLike) -> Mapping[str, Any]:
+    """The reporter state (``Reporter.state_dict()``) saved in an ESPnet ``checkpoint.pth``.
 
     Raises:
         FileNotFoundError: no such file.
@@ -84,11 +80,32 @@ def read_curve(checkpoint: str | os.PathLike) -> List[EpochPoint]:
     import torch
 
     # The reporter holds datetime.timedelta values, which weights_only loading refuses;
-    # the file is the recipe's own training output.
-    states = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    # the file is the recipe's own training output. mmap: the model and optimizer tensors
+    # (about 1 GB at paper size) are mapped, not read; only the small reporter is needed.
+    states = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
     if not isinstance(states, Mapping) or "reporter" not in states:
         raise ValueError(f"{checkpoint}: not an ESPnet training checkpoint (no 'reporter')")
-    return curve_from_reporter(states["reporter"], str(checkpoint))
+    return states["reporter"]
+
+
+def read_curve(checkpoint: str | os.PathLike) -> List[EpochPoint]:
+    """The learning curve saved in an ESPnet ``checkpoint.pth`` (errors: :func:`read_reporter`)."""
+    return curve_from_reporter(read_reporter(checkpoint), str(checkpoint))
+
+
+def epoch_seconds(state: Mapping[str, Any], part: str, source: str = "reporter") -> Dict[int, float]:
+    """Wall seconds of ``part`` (``train`` or ``valid``) in each epoch of a reporter state
+    that has it.
+
+    Raises:
+        ValueError: no reporter statistics, or a part without its ``time``; the message
+            names ``source``.
+    """
+    stats = state.get("stats") if isinstance(state, Mapping) else None
+    if not isinstance(stats, Mapping):
+        raise ValueError(f"{source}: no reporter statistics")
+    return {int(epoch): _seconds(parts[part].get("time"), f"{source}: epoch {epoch} {part}")
+            for epoch, parts in sorted(stats.items()) if part in parts}
 
 
 def curve_keys(points: Sequence[EpochPoint]) -> List[str]:

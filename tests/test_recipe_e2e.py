@@ -16,7 +16,6 @@ import pytest
 import torch
 import yaml
 
-from dualmode_recipe.compare import parse_timespan
 from dualmode_recipe.config import load_mapping, merge_config
 from recipe_sandbox import REPO, make_recipe, read_map, run_recipe
 
@@ -25,6 +24,33 @@ COMMON = ["--corpus_size", "tiny", "--nj", "1",
           "--asr_config", str(REPO / "conf" / "debug" / "joint_sp_ed.yaml"),
           "--decode_heads", " ".join(HEADS), "--latency_max_utts", "2"]
 E2E = COMMON + ["--tag", "e2e", "--asr_args", "--max_epoch 1"]
+
+
+TIMESPAN_PART = re.compile(r"([\d.]+) (second|minute|hour|day)s?\b")
+TIMESPAN_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def parse_timespan(text: str) -> float:
+    """Seconds of a timespan as ESPnet's trainer logs it (humanfriendly's
+    ``format_timespan``: "1 minute and 34.01 seconds"): the reference of the learning
+    curve's minutes, read from the training log rather than the reporter."""
+    parts = TIMESPAN_PART.findall(text)
+    if not parts:
+        raise ValueError(f"not a timespan: {text!r}")
+    return sum(float(n) * TIMESPAN_SECONDS[unit] for n, unit in parts)
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("8.46 seconds", 8.46), ("1 minute and 34.01 seconds", 94.01),
+    ("2 hours, 1 minute and 1 second", 7261.0), ("1 day", 86400.0)])
+def test_timespans_as_the_trainer_logs_them(text, seconds):
+    import humanfriendly
+
+    assert parse_timespan(text) == pytest.approx(seconds)
+    # the logger's own format, round trip (ESPnet's trainer calls format_timespan)
+    assert parse_timespan(humanfriendly.format_timespan(seconds)) == pytest.approx(seconds, abs=0.01)
+    with pytest.raises(ValueError, match="not a timespan"):
+        parse_timespan("soon")
 
 
 @pytest.fixture(scope="module")
