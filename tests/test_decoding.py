@@ -9,6 +9,7 @@ plain forward recursions written out with Python loops.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -39,6 +40,7 @@ from espnet2_dualmode.decoding import (
     rescore,
     transducer_sequence_scores,
 )
+from espnet2_dualmode.decoding import transducer_search
 
 SCORE_TOL = 1e-4  # float32 network outputs, float64 accumulation
 
@@ -192,8 +194,46 @@ def test_transducer_beam_search_equals_espnet_tsd():
             assert mine.score == pytest.approx(float(theirs.score), abs=SCORE_TOL)
 
 
+@pytest.mark.parametrize("rows", [1, 10, 50])
+def test_joint_output_equals_espnet_joint_network(rows):
+    """The search's joint output (a transposed copy of lin_out's weight) is ESPnet's
+    JointNetwork forward + log-softmax, within float32 rounding."""
+    torch.manual_seed(rows)
+    joint = JointNetwork(300, 16, 16, joint_space_size=24)
+    enc_proj, dec_proj = torch.randn(rows, 24), torch.randn(rows, 24)
+    with torch.no_grad():
+        want = torch.log_softmax(joint(enc_proj, dec_proj, no_projection=True), dim=-1)
+        got = transducer_search._JointOutput(joint).refresh()(enc_proj, dec_proj)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("inference_mode", [False, True])
+def test_transducer_search_follows_weights_changed_after_it_is_built(inference_mode):
+    """A search built before a checkpoint is loaded (or weights are edited in place)
+    decodes with the new weights: the same as a search built afterwards. Also for a
+    model made in inference mode, whose weights have no version counter."""
+    mode = torch.inference_mode if inference_mode else torch.no_grad
+    with mode():
+        decoder, joint = _rnnt(vocab=10, dim=6, seed=5)
+        enc = 2.0 * torch.randn(2, 12, 6)
+        early = TransducerSearch(decoder, joint, beam_size=3)
+        before = early(enc)
+        trained = copy.deepcopy(joint)
+        trained.lin_out.weight.mul_(-3.0)
+        trained.lin_out.bias[decoder.blank_id] -= 2.0
+        for update in (lambda: joint.load_state_dict(trained.state_dict()),
+                       lambda: joint.lin_out.weight.add_(0.5)):
+            update()
+            want = TransducerSearch(decoder, joint, beam_size=3)(enc)
+            got = early(enc)
+            assert [h.tokens for h in got[0]] == [h.tokens for h in want[0]]
+            assert [h.score for h in got[1]] == [h.score for h in want[1]]
+    assert joint.lin_out.weight.is_inference() == inference_mode
+    assert [h.tokens for b in got for h in b] != [h.tokens for b in before for h in b]
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_transducer_pruning_keeps_the_best_and_does_less_work(seed):
+def test_transducer_pruning_keeps_the_best_and_does_less_work(seed, monkeypatch):
     """Pruned vs exact TSD (the ESPnet-equal search) on peaked random models: the same
     1-best, its score within 0.02 (only merged probability can be lost), fewer joint rows."""
     decoder, joint = _rnnt(vocab=12, dim=6, seed=seed, blank_bias=2.0)
@@ -202,13 +242,18 @@ def test_transducer_pruning_keeps_the_best_and_does_less_work(seed):
     enc = 3.0 * torch.randn(4, 20, 6)
     lens = torch.tensor([20, 17, 11, 6])
     rows = []
-    hook = joint.lin_out.register_forward_hook(lambda m, i, out: rows.append(out.size(0)))
+    joint_rows = transducer_search._JointOutput.__call__
+
+    def counted(self, enc_proj, dec_proj):
+        rows.append(enc_proj.size(0))
+        return joint_rows(self, enc_proj, dec_proj)
+
+    monkeypatch.setattr(transducer_search._JointOutput, "__call__", counted)
     results = {}
     for prune in (False, True):
         rows.clear()
         search = TransducerSearch(decoder, joint, beam_size=4, max_sym_per_frame=3, prune=prune)
         results[prune] = (search(enc, lens), sum(rows))
-    hook.remove()
     (exact, exact_rows), (pruned, pruned_rows) = results[False], results[True]
     assert sum(len(nbest[0].tokens) for nbest in exact) >= 8
     for mine, ref in zip(pruned, exact):
