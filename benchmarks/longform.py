@@ -21,7 +21,12 @@ Models:
 * ``--asr_train_config/--asr_model_file``: a trained model, on ``--wav_scp`` utterances
   separated by ``--pause`` seconds of silence, repeated to the length asked for. With
   ``--speech_segments`` (``<utt> <start_s> <end_s>``, the demo corpus writes one) it also
-  counts the utterances whose speech falls inside one segment.
+  counts the utterances whose speech falls inside one segment. With ``--text`` (the data
+  dir's transcripts) it prints, after the timed run, the CER of the recording: the
+  segments' streaming texts, and their ``--two_pass_head`` re-decodes, against the
+  transcripts of the utterances in order; and, as references of the same run, the CER of
+  the same utterances decoded one by one, by the streaming path and by that head, as they
+  are and with ``--pause`` s of the recording's faint noise before and after each.
 
 ``--reference`` also decodes the recording as one stream without endpointing (positions,
 search history and the hypotheses' token prefixes then grow with the audio) and prints the
@@ -32,7 +37,8 @@ same figures and the long-form / reference time ratio at the last minute.
     cd egs2/demo_ja/asr1 && python ../../../benchmarks/longform.py \\
         --asr_train_config exp/asr_train_joint_sp_ed_small_raw_char/config.yaml \\
         --asr_model_file exp/asr_train_joint_sp_ed_small_raw_char/valid.loss.ave.pth \\
-        --wav_scp dump/raw/test/wav.scp --speech_segments data/test/speech_segments
+        --wav_scp dump/raw/test/wav.scp --speech_segments data/test/speech_segments \\
+        --text data/test/text
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import editdistance
 import numpy as np
 import soundfile
 import torch
@@ -52,7 +59,10 @@ from common import paper_streaming
 
 from espnet2_dualmode.inference.endpoint import EndpointRules, LongFormRecognizer, Segment
 from espnet2_dualmode.inference.latency import read_speech_segments
+from espnet2_dualmode.inference.offline import Speech2Text, shared_offline_head
 from espnet2_dualmode.inference.streaming import Speech2TextStreaming
+
+from dualmode_recipe.kaldi_dir import read_kaldi_map
 
 FS = 16000
 
@@ -154,6 +164,51 @@ def utterances_in_one_segment(segments: List[Segment], placed: List[Tuple[str, i
     return inside, counted
 
 
+def cer(hyp: str, ref: str) -> float:
+    """Character error rate in % (spaces ignored)."""
+    ref = ref.replace(" ", "")
+    return 100.0 * editdistance.eval(hyp.replace(" ", ""), ref) / max(1, len(ref))
+
+
+def recording_cer(segments: List[Segment], wav: np.ndarray, placed: List[Tuple[str, int]],
+                  pause: float, texts: Dict[str, str], s2t: Speech2TextStreaming,
+                  second: Speech2Text, head: str) -> None:
+    """Print the CER of the recording's segments (streaming text, and ``second``'s
+    re-decode of each segment's audio) and of its utterances decoded one by one (streaming,
+    ``second``), as they are and with ``pause`` s of the recording's faint noise before and
+    after each. Scored: the utterances before the last one placed (the recording may end
+    inside it) against the segments that start before it."""
+    whole = placed[:-1]
+    if not whole:
+        raise SystemExit("the recording holds no whole utterance: make it longer")
+    missing = sorted({key for key, _ in whole} - set(texts))
+    if missing:
+        raise SystemExit(f"--text has no transcript of {missing[:3]}")
+    ref = "".join(texts[key] for key, _ in whole)
+    gap = int(pause * FS)  # utterance_recording's pause after each utterance
+    alone = [wav[start:following - gap] for (_, start), (_, following) in zip(whole, placed[1:])]
+    rng = np.random.default_rng(1)
+    padded = [np.concatenate([0.001 * rng.standard_normal(gap), x, 0.001 * rng.standard_normal(gap)])
+              .astype(np.float32) for x in alone]
+    scored = [seg for seg in segments if seg.start * FS < placed[-1][1]]
+    rows = [(f"long-form: the {len(scored)} segments that start before it",
+             [seg.text for seg in scored],
+             [second([wav[int(seg.start * FS):int(seg.end * FS)]])[0][0].text for seg in scored])]
+    for title, audio in (("each utterance alone", alone),
+                         (f"each alone, {pause:g} s of that noise before and after", padded)):
+        streaming = []
+        for x in audio:
+            s2t.reset()
+            streaming.append(s2t(x, is_final=True)[0].text)
+        rows.append((title, streaming, [second([x])[0][0].text for x in audio]))
+    print(f"CER (%) of the {len(whole)} utterances before the last one placed, "
+          f"{len(ref)} characters:")
+    print(f"| decoding | streaming | {head} |")
+    print("|---|---|---|")
+    for title, streaming, full in rows:
+        print(f"| {title} | {cer(''.join(streaming), ref):.1f} | {cer(''.join(full), ref):.1f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0)
@@ -171,9 +226,15 @@ def main() -> None:
     p.add_argument("--wav_scp", default=None, help="utterances for a trained model")
     p.add_argument("--speech_segments", default=None, help="<utt> <start_s> <end_s> per line")
     p.add_argument("--pause", type=float, default=1.5, help="silence between utterances (s)")
+    p.add_argument("--text", default=None,
+                   help="transcripts of --wav_scp's utterances (Kaldi text): print CERs")
+    p.add_argument("--two_pass_head", default="attention",
+                   help="the full-context head of the CERs' second column")
     p.add_argument("--reference", action="store_true",
                    help="also decode without endpointing, as one stream")
     a = p.parse_args()
+    if a.text and not (a.asr_train_config and a.wav_scp):
+        p.error("--text needs a trained model (--asr_train_config) and --wav_scp")
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     placed: Optional[List[Tuple[str, int]]] = None
@@ -224,6 +285,11 @@ def main() -> None:
     print(f"time per audio second, minute {max(figures):g} / minute {min(figures):g}: "
           f"{last[0] / first[0]:.3f}")
     print(f"RSS growth, minute {min(figures):g} -> {max(figures):g}: {last[1] - first[1]:+.1f} MiB")
+    if a.text:
+        second = shared_offline_head(s2t.model, a.asr_train_config, a.two_pass_head,
+                                     beam_size=a.beam)
+        recording_cer(segments, wav, placed, a.pause, read_kaldi_map(a.text), s2t, second,
+                      a.two_pass_head)
 
 
 if __name__ == "__main__":
