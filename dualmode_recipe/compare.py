@@ -225,12 +225,13 @@ def load_experiment(exp_dir: str | os.PathLike, name: str, test_sets: Sequence[s
     latency_file = decode_dir / "latency" / "latency.json"
     try:
         latency = read_latency(latency_file) if latency_file.is_file() else {}
+        minutes_per_epoch = training_minutes_per_epoch(root)
     except ValueError as err:
         raise ValueError(f"experiment {name}: {err}") from None
     logger.info("experiment %s: %s, %s", name, decode_dir,
                 " and ".join(f"{MODE_NAME[m]} ({h})" for m, h in heads.items()))
     return Experiment(name, root, config, scores, count_parameters(config), latency,
-                      training_minutes_per_epoch(root))
+                      minutes_per_epoch)
 
 
 def experiment_rows(experiments: Sequence[Experiment], test_sets: Sequence[str],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
@@ -75,14 +76,17 @@ def read_reporter(checkpoint: str | os.PathLike) -> Mapping[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: no reporter state in it.
+        ValueError: a file torch cannot load (e.g. cut short), or no reporter state in it.
     """
     import torch
 
     # The reporter holds datetime.timedelta values, which weights_only loading refuses;
     # the file is the recipe's own training output. mmap: the model and optimizer tensors
     # (about 1 GB at paper size) are mapped, not read; only the small reporter is needed.
-    states = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    try:
+        states = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{checkpoint}: torch cannot load it ({err})") from None
     if not isinstance(states, Mapping) or "reporter" not in states:
         raise ValueError(f"{checkpoint}: not an ESPnet training checkpoint (no 'reporter')")
     return states["reporter"]

@@ -464,6 +464,17 @@ def test_errors_name_the_experiment_and_file(table1_exps, grid_exps, tmp_path):
     message = fails("--exp_dirs", str(broken), "--test_sets", "dev")
     assert "several decoding folders" in message and "--inference_tag" in message
 
+    # A training checkpoint cut short (a full disk): its epoch times cannot be read.
+    cut = tmp_path / "asr_ctx"
+    shutil.copytree(table1_exps["ctx"], cut)
+    torch.save({"model": {}, "reporter": reporter_state([(1, 5.0, {"loss": 1.0})])},
+               cut / "checkpoint.pth")
+    whole = (cut / "checkpoint.pth").read_bytes()
+    (cut / "checkpoint.pth").write_bytes(whole[: len(whole) // 2])
+    message = fails("--exp_dirs", str(cut), "--test_sets", "dev")
+    assert "experiment ctx:" in message and str(cut / "checkpoint.pth") in message
+    assert "torch cannot load it" in message
+
     # Two experiments at one point of the figure.
     message = fails("--exp_dirs", str(grid_exps["sp8"]), str(table1_exps["joint"]),
                     "--test_sets", "dev", "--figure_x", "block_size")
