@@ -57,7 +57,13 @@ import torch
 
 from common import paper_streaming
 
-from espnet2_dualmode.inference.endpoint import EndpointRules, LongFormRecognizer, Segment
+from espnet2_dualmode.inference.endpoint import (
+    EndpointRules,
+    FinishedSegment,
+    LongFormRecognizer,
+    Segment,
+    add_two_pass_margin_argument,
+)
 from espnet2_dualmode.inference.latency import read_speech_segments
 from espnet2_dualmode.inference.offline import Speech2Text, shared_offline_head
 from espnet2_dualmode.inference.streaming import Speech2TextStreaming
@@ -172,9 +178,10 @@ def cer(hyp: str, ref: str) -> float:
 
 def recording_cer(segments: List[Segment], wav: np.ndarray, placed: List[Tuple[str, int]],
                   pause: float, texts: Dict[str, str], s2t: Speech2TextStreaming,
-                  second: Speech2Text, head: str) -> None:
+                  second: Speech2Text, head: str, margin: float) -> None:
     """Print the CER of the recording's segments (streaming text, and ``second``'s
-    re-decode of each segment's audio) and of its utterances decoded one by one (streaming,
+    re-decode of each segment's speech, ``margin`` s around its tokens, as the long-form
+    recognizer's second pass) and of its utterances decoded one by one (streaming,
     ``second``), as they are and with ``pause`` s of the recording's faint noise before and
     after each. Scored: the utterances before the last one placed (the recording may end
     inside it) against the segments that start before it."""
@@ -191,9 +198,11 @@ def recording_cer(segments: List[Segment], wav: np.ndarray, placed: List[Tuple[s
     padded = [np.concatenate([0.001 * rng.standard_normal(gap), x, 0.001 * rng.standard_normal(gap)])
               .astype(np.float32) for x in alone]
     scored = [seg for seg in segments if seg.start * FS < placed[-1][1]]
-    rows = [(f"long-form: the {len(scored)} segments that start before it",
+    rows = [(f"long-form: the {len(scored)} segments that start before it (second pass: "
+             f"{margin:g} s around the tokens)",
              [seg.text for seg in scored],
-             [second([wav[int(seg.start * FS):int(seg.end * FS)]])[0][0].text for seg in scored])]
+             [second([FinishedSegment(seg, wav[round(seg.start * FS):round(seg.end * FS)])
+                      .speech(FS, margin)])[0][0].text for seg in scored])]
     for title, audio in (("each utterance alone", alone),
                          (f"each alone, {pause:g} s of that noise before and after", padded)):
         streaming = []
@@ -230,6 +239,7 @@ def main() -> None:
                    help="transcripts of --wav_scp's utterances (Kaldi text): print CERs")
     p.add_argument("--two_pass_head", default="attention",
                    help="the full-context head of the CERs' second column")
+    add_two_pass_margin_argument(p)
     p.add_argument("--reference", action="store_true",
                    help="also decode without endpointing, as one stream")
     a = p.parse_args()
@@ -289,7 +299,7 @@ def main() -> None:
         second = shared_offline_head(s2t.model, a.asr_train_config, a.two_pass_head,
                                      beam_size=a.beam)
         recording_cer(segments, wav, placed, a.pause, read_kaldi_map(a.text), s2t, second,
-                      a.two_pass_head)
+                      a.two_pass_head, a.two_pass_margin)
 
 
 if __name__ == "__main__":

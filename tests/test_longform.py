@@ -26,7 +26,14 @@ from tiny_corpus import ALPHABET, tone_speech, overfit_toy_model
 
 from espnet2_dualmode.bin.dualmode_asr_inference_streaming import recognize
 from espnet2_dualmode.bin.dualmode_asr_longform import main as longform_main
-from espnet2_dualmode.inference.endpoint import EndpointRules, LongFormRecognizer, Segment
+from espnet2_dualmode.inference.endpoint import (
+    TWO_PASS_MARGIN,
+    EndpointRules,
+    FinishedSegment,
+    LongFormRecognizer,
+    Segment,
+    check_two_pass_margin,
+)
 from espnet2_dualmode.inference.latency import frame_end_seconds, samples_needed
 from espnet2_dualmode.inference.offline import Speech2Text, shared_offline_head
 from espnet2_dualmode.inference.streaming import Speech2TextStreaming
@@ -282,17 +289,47 @@ def test_state_stays_bounded_on_long_input(toy_model):
     assert len(plain.search.partial(plain.search_state)[0].tokens) > 5 * max_frames
 
 
-def test_two_pass_equals_speech2text_on_the_segment(toy_model, recording):
+def speech_span(seg: Segment, margin: float) -> Tuple[float, float]:
+    """The second pass's span of a segment (absolute seconds), restated: ``margin`` s
+    around its tokens' times, within the segment; the whole segment without a token."""
+    if not seg.token_times:
+        return seg.start, seg.end
+    return max(seg.start, seg.token_times[0] - margin), min(seg.end, seg.token_times[-1] + margin)
+
+
+def test_finished_segment_speech_is_the_span_around_the_tokens():
+    audio = np.arange(3 * FS, dtype=np.float32)  # a segment from 2 s to 5 s
+    seg = Segment(0, 2.0, 5.0, [], [2.5, 3.0], "trailing_silence_after_token")
+    finished = FinishedSegment(seg, audio)
+    assert np.array_equal(finished.speech(FS, 0.25), audio[round(0.25 * FS):round(1.25 * FS)])
+    assert np.array_equal(finished.speech(FS, 1.0), audio[:round(2.0 * FS)])  # clipped at start
+    assert np.array_equal(finished.speech(FS, 3.0), audio)  # and at the end
+    assert np.array_equal(finished.speech(FS, float("inf")), audio)
+    silent = FinishedSegment(Segment(1, 2.0, 5.0, [], [], "trailing_silence_no_token"), audio)
+    assert np.array_equal(silent.speech(FS, 0.25), audio)
+    for bad in (-0.1, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="two_pass_margin must be a number of seconds"):
+            check_two_pass_margin(bad)
+
+
+@pytest.mark.parametrize("margin", [TWO_PASS_MARGIN, float("inf")])
+def test_two_pass_equals_speech2text_on_the_segment_speech(toy_model, recording, margin):
+    """The second pass is Speech2Text on the segment's audio from ``margin`` s before its
+    first token to ``margin`` s after its last (the default margin trims some segments here),
+    or on the whole segment."""
     s2t = streaming(toy_model)
     second = shared_offline_head(s2t.model, toy_model["config"], "attention", beam_size=BEAM,
                                  nbest=NBEST)
     shared = {p.data_ptr() for p in s2t.model.parameters()}
     assert all(p.data_ptr() in shared for p in second.model.parameters())
-    segments = decode(LongFormRecognizer(s2t, EndpointRules(), second), recording, 1600)
+    segments = decode(LongFormRecognizer(s2t, EndpointRules(), second, margin), recording, 1600)
     offline = Speech2Text(toy_model["config"], toy_model["model"], decode_head="attention",
                           beam_size=BEAM, nbest=NBEST)
-    for seg in segments:
-        want = offline([recording[round(seg.start * FS):round(seg.end * FS)]])[0]
+    spans = [speech_span(seg, margin) for seg in segments]
+    assert any(span != (seg.start, seg.end) for seg, span in zip(segments, spans)) == (
+        margin == TWO_PASS_MARGIN)
+    for seg, (start, end) in zip(segments, spans):
+        want = offline([recording[round(start * FS):round(end * FS)]])[0]
         assert [(r.token_ids, r.text) for r in seg.second_pass] == [
             (r.token_ids, r.text) for r in want]
         assert [r.score for r in seg.second_pass] == pytest.approx([r.score for r in want],

@@ -20,6 +20,7 @@ import soundfile
 
 from espnet2_dualmode.bin.dualmode_asr_inference_streaming import recognize
 from espnet2_dualmode.bin.serve import bind, serve
+from espnet2_dualmode.inference.endpoint import Segment
 from espnet2_dualmode.inference.latency import frame_end_seconds, percentile_ms
 from espnet2_dualmode.inference.model_io import Result
 from espnet2_dualmode.inference.offline import Speech2Text
@@ -27,6 +28,7 @@ from espnet2_dualmode.inference.streaming import Speech2TextStreaming
 from espnet2_dualmode.serving.app import create_app
 from espnet2_dualmode.serving.engine import Engine
 from espnet2_dualmode.serving.protocol import results_message
+from test_longform import speech_span
 
 BEAM, NBEST, CHUNK = 4, 2, 1600
 LOAD_WAVS = int(os.environ.get("DUALMODE_SERVE_LOAD_WAVS", "2"))
@@ -144,11 +146,18 @@ def test_stream_final_equals_speech2textstreaming(server, corpus, reference, exp
 
 
 def test_stream_offline_redecode_equals_speech2text(server, corpus, toy_model):
+    """The re-decode of a one-segment stream is Speech2Text on that segment's speech (the
+    engine's margin around its token times: test_longform.speech_span)."""
     key = sorted(corpus)[0]
     pcm = corpus[key][0]
     got = asyncio.run(stream_wav(server["http"], pcm, {"offline_head": "attention"}))
+    (seg,) = got["final"]["segments"]
+    times = [t["time"] for t in seg["token_timestamps"]]
+    start, end = speech_span(Segment(0, seg["start"], seg["end"], [], times, seg["endpoint"]),
+                             server["engine"].two_pass_margin)
+    audio = pcm[round(start * 16000):round(end * 16000)].astype(np.float32) / 32768
     want = Speech2Text(toy_model["config"], toy_model["model"], decode_head="attention",
-                       beam_size=BEAM, nbest=NBEST)([pcm.astype(np.float32) / 32768])[0]
+                       beam_size=BEAM, nbest=NBEST)([audio])[0]
     assert got["offline"]["head"] == "attention"
     assert got["offline"]["text"] == want[0].text == corpus[key][1]
     assert got["offline"]["nbest"][0]["score"] == pytest.approx(want[0].score, abs=1e-5)

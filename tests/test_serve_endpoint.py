@@ -21,6 +21,7 @@ from espnet2_dualmode.bin import dualmode_asr_longform, serve
 from espnet2_dualmode.inference.endpoint import EndpointRules, LongFormRecognizer, Segment
 from espnet2_dualmode.inference.offline import shared_offline_head
 from espnet2_dualmode.inference.streaming import Speech2TextStreaming
+from test_longform import speech_span
 from test_serve import (  # noqa: F401  (fixtures)
     BEAM,
     NBEST,
@@ -140,10 +141,13 @@ def test_concurrent_clients_get_their_own_segments(server, corpus, reference):
     assert stats.batched_rounds > batched_before
 
 
-def test_offline_redecode_of_each_segment(server, corpus, reference, toy_model):
+def test_offline_redecode_of_each_segment(server, corpus, reference, toy_model, monkeypatch):
     """With offline_head: one offline message per segment, in index order, each after its
     segment message (the last after the final), equal to the shared attention head on
-    that segment's audio span."""
+    that segment's speech (the engine's margin around its tokens; a small one here, so
+    that the toy clips' short segments are trimmed)."""
+    margin = 0.1
+    monkeypatch.setattr(server["engine"], "two_pass_margin", margin)
     pcm = recording(corpus, [0, 2, 3], [1.0, 1.0])
     got = asyncio.run(stream_wav(server["http"], pcm, {"nbest": NBEST, "endpoint": RULES,
                                                        "offline_head": "attention"}))
@@ -158,8 +162,10 @@ def test_offline_redecode_of_each_segment(server, corpus, reference, toy_model):
     assert where[("offline", len(want) - 1)] > where[("final", None)]
     head = shared_offline_head(reference.model, toy_model["config"], "attention",
                                beam_size=BEAM, nbest=NBEST)
-    for m, seg in zip(offline, want):
-        audio = pcm[round(seg.start * FS):round(seg.end * FS)].astype(np.float32) / 32768
+    spans = [speech_span(seg, margin) for seg in want]
+    assert any(span != (seg.start, seg.end) for seg, span in zip(want, spans))
+    for m, seg, (start, end) in zip(offline, want, spans):
+        audio = pcm[round(start * FS):round(end * FS)].astype(np.float32) / 32768
         ref = head([audio])[0]
         assert m["head"] == "attention"
         assert (m["start"], m["end"]) == pytest.approx((seg.start, seg.end), abs=1e-6)

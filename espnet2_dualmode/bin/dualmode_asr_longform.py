@@ -34,7 +34,11 @@ with contextlib.redirect_stdout(sys.stderr):
         device_of,
         geometry_of,
     )
-    from espnet2_dualmode.inference.endpoint import EndpointRules, LongFormRecognizer
+    from espnet2_dualmode.inference.endpoint import (
+        EndpointRules,
+        LongFormRecognizer,
+        add_two_pass_margin_argument,
+    )
     from espnet2_dualmode.inference.offline import HEADS, shared_offline_head
     from espnet2_dualmode.inference.streaming import Speech2TextStreaming
 
@@ -49,6 +53,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--two_pass_head", default=None,
                    choices=[h for h in HEADS if h != "streaming_rnnt"],
                    help="full-context head that re-decodes each finished segment")
+    add_two_pass_margin_argument(p)
     p.add_argument("--beam_size", type=int, default=10)
     p.add_argument("--max_sym_per_frame", type=int, default=10,
                    help="most RNN-T symbols per encoder frame")
@@ -85,7 +90,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
         if args.two_pass_head:
             second = shared_offline_head(s2t.model, args.asr_train_config, args.two_pass_head,
                                          **options)
-        recognizer = LongFormRecognizer(s2t, rules, second)
+        recognizer = LongFormRecognizer(s2t, rules, second, args.two_pass_margin)
         wav = read_recording(args.wav, s2t.sample_rate, recognizer.min_samples)
         step = max(1, int(round(args.chunk_ms * s2t.sample_rate / 1000)))
         for start in range(0, wav.size, step):

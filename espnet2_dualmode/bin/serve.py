@@ -32,7 +32,11 @@ from espnet2_dualmode.inference.cli import (
     device_of,
     geometry_of,
 )
-from espnet2_dualmode.inference.endpoint import EndpointRules
+from espnet2_dualmode.inference.endpoint import (
+    EndpointRules,
+    add_two_pass_margin_argument,
+    check_two_pass_margin,
+)
 from espnet2_dualmode.inference.offline import HEADS
 from espnet2_dualmode.serving.app import create_app
 from espnet2_dualmode.serving.engine import Engine
@@ -51,6 +55,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--nbest", type=int, default=1, help="most hypotheses a client may ask for")
     p.add_argument("--max_sym_per_frame", type=int, default=10)
     EndpointRules.add_arguments(p)  # a client may override them per stream
+    add_two_pass_margin_argument(p)
     p.add_argument("--preload_heads", nargs="*", default=[], choices=HEADS,
                    help="offline heads to build at start (others are built on first use)")
     p.add_argument("--record_dir", type=Path, default=None,
@@ -84,6 +89,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
     args = parser.parse_args(cmd)
     try:
         rules = EndpointRules.from_args(args)
+        check_two_pass_margin(args.two_pass_margin)
     except ValueError as e:
         parser.error(str(e))
     logging.basicConfig(level=args.log_level,
@@ -91,7 +97,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
     engine = Engine(args.asr_train_config, args.asr_model_file, beam_size=args.beam_size,
                     nbest=args.nbest, max_sym_per_frame=args.max_sym_per_frame,
                     device=device_of(args), geometry=geometry_of(args),
-                    preload_heads=args.preload_heads, rules=rules)
+                    preload_heads=args.preload_heads, rules=rules,
+                    two_pass_margin=args.two_pass_margin)
     if args.record_dir is not None:
         args.record_dir.mkdir(parents=True, exist_ok=True)
     sock = bind(args.host, args.port)

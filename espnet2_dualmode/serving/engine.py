@@ -33,7 +33,9 @@ import numpy as np
 from espnet2_dualmode.inference.endpoint import (
     EndpointRules,
     FinishedSegment,
+    TWO_PASS_MARGIN,
     StreamSegmenter,
+    check_two_pass_margin,
     decode_segments,
     second_pass_of,
 )
@@ -94,12 +96,15 @@ class Engine:
         geometry: ``block_size/hop_size/look_ahead`` of the streaming encoder.
         preload_heads: offline heads to build now rather than on first use.
         rules: the endpoint rules of a stream that does not give its own.
+        two_pass_margin: seconds kept around a segment's tokens for its offline re-decode.
     """
 
     def __init__(self, asr_train_config: str | Path, asr_model_file: Optional[str | Path],
                  beam_size: int = 10, nbest: int = 1, max_sym_per_frame: int = 10,
                  device: str = "cpu", geometry: Optional[Dict[str, Optional[int]]] = None,
-                 preload_heads: Sequence[str] = (), rules: EndpointRules = EndpointRules()):
+                 preload_heads: Sequence[str] = (), rules: EndpointRules = EndpointRules(),
+                 two_pass_margin: float = TWO_PASS_MARGIN):
+        self.two_pass_margin = check_two_pass_margin(two_pass_margin)
         self.options: Dict[str, Any] = dict(beam_size=beam_size, nbest=nbest,
                                             max_sym_per_frame=max_sym_per_frame, device=device,
                                             **(geometry or {}))
@@ -225,9 +230,10 @@ class Engine:
         return self.offline_head(head)([wav])[0]
 
     def redecode(self, head: str, segment: FinishedSegment) -> Optional[List[Result]]:
-        """A finished segment's n-best with one offline head, None for a segment too short
-        to decode (runs on the worker)."""
-        return second_pass_of(self.offline_head(head), segment.audio, self.min_samples)
+        """A finished segment's n-best with one offline head (on its speech:
+        :func:`second_pass_of`), None for one too short to decode (runs on the worker)."""
+        return second_pass_of(self.offline_head(head), segment, self.sample_rate,
+                              self.two_pass_margin, self.min_samples)
 
     def join(self, tokens: List[str]) -> str:
         """Tokens -> text with the model's tokenizer (several segments' tokens)."""

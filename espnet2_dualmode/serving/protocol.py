@@ -7,11 +7,12 @@ blank following a token, after some time without any token, or at a maximum leng
 1. client -> server, text: ``{"type": "start", "sample_rate": 16000, "format": "pcm_s16le"}``
    with optional ``"nbest"`` (hypotheses per result, at most the server's ``--nbest``),
    ``"offline_head"`` (a full-context head of :data:`HEADS` that re-decodes each finished
-   segment: "two-pass") and ``"endpoint"``: an object with any of
-   ``"trailing_silence_after_token"``, ``"trailing_silence_no_token"`` and
-   ``"max_segment"`` (positive seconds; the others keep the server's ``--`` options of
-   the same names). The server answers ``{"type": "ready", "session": id,
-   "sample_rate": 16000, "endpoint": {the three rules in force}}``.
+   segment's speech, the server's ``--two_pass_margin`` around its tokens: "two-pass")
+   and ``"endpoint"``: an object with any of ``"trailing_silence_after_token"``,
+   ``"trailing_silence_no_token"`` and ``"max_segment"`` (positive seconds; the others
+   keep the server's ``--`` options of the same names). The server answers
+   ``{"type": "ready", "session": id, "sample_rate": 16000, "endpoint": {the three rules
+   in force}}``.
 2. client -> server, binary: audio chunks, 16-bit little-endian signed PCM, mono, any
    even number of bytes. The server answers EVERY chunk with exactly one
    ``{"type": "partial", "samples": n, "segment": i, "text", "tokens",
