@@ -207,6 +207,21 @@ def test_joint_output_equals_espnet_joint_network(rows):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_joint_output_under_autocast_is_espnets(dtype, tol):
+    """Under autocast (the training validation's greedy search with --use_amp) the joint
+    output runs in the low dtype as ESPnet's JointNetwork does, to within that dtype's
+    rounding."""
+    torch.manual_seed(7)
+    joint = JointNetwork(300, 16, 16, joint_space_size=24)
+    enc_proj, dec_proj = torch.randn(10, 24), torch.randn(10, 24)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        want = torch.log_softmax(joint(enc_proj, dec_proj, no_projection=True), dim=-1)
+        got = transducer_search._JointOutput(joint).refresh()(enc_proj, dec_proj)
+    assert got.dtype == want.dtype == dtype
+    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=tol)
+
+
 @pytest.mark.parametrize("inference_mode", [False, True])
 def test_transducer_search_follows_weights_changed_after_it_is_built(inference_mode):
     """A search built before a checkpoint is loaded (or weights are edited in place)

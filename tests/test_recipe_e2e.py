@@ -33,7 +33,8 @@ TIMESPAN_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.
 def parse_timespan(text: str) -> float:
     """Seconds of a timespan as ESPnet's trainer logs it (humanfriendly's
     ``format_timespan``: "1 minute and 34.01 seconds"): the reference of the learning
-    curve's minutes, read from the training log rather than the reporter."""
+    curve's minutes, read from the training log rather than the reporter. Not
+    ``humanfriendly.parse_timespan``: it takes one unit only and fails on that example."""
     parts = TIMESPAN_PART.findall(text)
     if not parts:
         raise ValueError(f"not a timespan: {text!r}")
